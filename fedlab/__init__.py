@@ -1,0 +1,80 @@
+"""fedlab: one SQL query over many databases, planned, pushed down, fetched in parallel
+into Polars, and measured.
+
+>>> import fedlab as fl
+>>> fed = fl.Federation()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from fedlab.errors import (
+    AmbiguousColumnError,
+    AmbiguousTableError,
+    CatalogError,
+    ConfigError,
+    ExecutionError,
+    FedlabError,
+    FragmentError,
+    MissingDatabaseFileError,
+    NotAQueryError,
+    ParameterError,
+    PlanError,
+    QueryTimeoutError,
+    SourceError,
+    SourceUnavailableError,
+    SQLError,
+    SQLSyntaxError,
+    UnknownColumnError,
+    UnknownTableError,
+    UnsupportedSQLError,
+)
+
+try:  # the engine modules land in slices; keep `import fedlab` working meanwhile
+    from fedlab.federation import Federation
+    from fedlab.result import Comparison, FederatedResult, Trace, TraceEntry
+    from fedlab.sql.plan import Fragment, Plan
+except ImportError:  # pragma: no cover
+    pass
+
+
+def __getattr__(name: str):
+    # submodules used as namespaces (fl.demo.federation(), fl.testing.assert_same_result)
+    if name in ("demo", "testing", "load"):
+        import importlib
+
+        return importlib.import_module(f"fedlab.{name}")
+    raise AttributeError(f"module 'fedlab' has no attribute {name!r}")
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmbiguousColumnError",
+    "AmbiguousTableError",
+    "CatalogError",
+    "Comparison",
+    "ConfigError",
+    "ExecutionError",
+    "FederatedResult",
+    "Federation",
+    "FedlabError",
+    "Fragment",
+    "FragmentError",
+    "MissingDatabaseFileError",
+    "NotAQueryError",
+    "ParameterError",
+    "Plan",
+    "PlanError",
+    "QueryTimeoutError",
+    "SQLError",
+    "SQLSyntaxError",
+    "SourceError",
+    "SourceUnavailableError",
+    "Trace",
+    "TraceEntry",
+    "UnknownColumnError",
+    "UnknownTableError",
+    "UnsupportedSQLError",
+    "__version__",
+    "demo",
+    "testing",
+]

@@ -1,0 +1,137 @@
+"""Everything fedlab raises on purpose.
+
+The tree::
+
+    FedlabError
+    ├── ConfigError                 bad URL, option or config file
+    ├── SourceError                 a database could not be used
+    │   ├── SourceUnavailableError  it does not answer (connect timeout, refused, bad login)
+    │   └── MissingDatabaseFileError a SQLite/DuckDB file that does not exist
+    ├── CatalogError                a name does not resolve
+    │   ├── UnknownTableError
+    │   ├── AmbiguousTableError     a bare table name that several sources have
+    │   ├── UnknownColumnError
+    │   └── AmbiguousColumnError
+    ├── SQLError                    the SQL text itself
+    │   ├── SQLSyntaxError          with line/column of the problem
+    │   ├── NotAQueryError          INSERT/UPDATE/DDL...: fedlab is read-only
+    │   ├── UnsupportedSQLError     valid SQL fedlab cannot plan
+    │   └── ParameterError          a missing or unusable ``:param``
+    ├── PlanError                   the planner could not produce a plan
+    └── ExecutionError              a fragment or the residual failed
+        ├── FragmentError           names the source and the fragment
+        └── QueryTimeoutError
+
+Messages say what and where, and never carry a password: every message passes
+through :func:`fedlab.security.redact` before it is raised.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AmbiguousColumnError",
+    "AmbiguousTableError",
+    "CatalogError",
+    "ConfigError",
+    "ExecutionError",
+    "FedlabError",
+    "FragmentError",
+    "MissingDatabaseFileError",
+    "NotAQueryError",
+    "ParameterError",
+    "PlanError",
+    "QueryTimeoutError",
+    "SQLError",
+    "SQLSyntaxError",
+    "SourceError",
+    "SourceUnavailableError",
+    "UnknownColumnError",
+    "UnknownTableError",
+    "UnsupportedSQLError",
+]
+
+
+class FedlabError(Exception):
+    """Base of every error fedlab raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        from fedlab.security import redact
+
+        super().__init__(redact(message))
+
+
+class ConfigError(FedlabError):
+    """A URL, an option or a config file is wrong."""
+
+
+class SourceError(FedlabError):
+    """A database could not be used."""
+
+
+class SourceUnavailableError(SourceError):
+    """The source does not answer: refused, timed out, or login failed."""
+
+
+class MissingDatabaseFileError(SourceError):
+    """A SQLite or DuckDB file does not exist (fedlab never creates an empty one)."""
+
+
+class CatalogError(FedlabError):
+    """A table or column name does not resolve."""
+
+
+class UnknownTableError(CatalogError):
+    """No attached source has this table."""
+
+
+class AmbiguousTableError(CatalogError):
+    """A bare table name exists in several sources."""
+
+
+class UnknownColumnError(CatalogError):
+    """A column is not in any table of its scope."""
+
+
+class AmbiguousColumnError(CatalogError):
+    """A bare column name exists in several tables of its scope."""
+
+
+class SQLError(FedlabError):
+    """Something is wrong with the SQL text."""
+
+
+class SQLSyntaxError(SQLError):
+    """The SQL does not parse; the message has the line and column."""
+
+
+class NotAQueryError(SQLError):
+    """The statement is not a read-only query."""
+
+
+class UnsupportedSQLError(SQLError):
+    """Valid SQL that fedlab cannot plan."""
+
+
+class ParameterError(SQLError):
+    """A ``:name`` parameter is missing or has an unusable value."""
+
+
+class PlanError(FedlabError):
+    """The planner could not produce a plan."""
+
+
+class ExecutionError(FedlabError):
+    """A fragment or the local residual failed."""
+
+
+class FragmentError(ExecutionError):
+    """A fragment failed on its source."""
+
+    def __init__(self, message: str, *, source: str = "", sql: str = "") -> None:
+        super().__init__(message)
+        self.source = source
+        self.sql = sql
+
+
+class QueryTimeoutError(ExecutionError):
+    """The query (or one fragment) passed its deadline."""

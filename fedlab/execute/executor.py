@@ -1,0 +1,107 @@
+"""Run a plan: fragments in parallel through the fetch seam, then the residual in Polars."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+import polars as pl
+
+from fedlab.catalog import Catalog
+from fedlab.errors import ExecutionError, FedlabError, QueryTimeoutError, UnsupportedSQLError
+from fedlab.execute.fetch import Fetcher, default_fetch
+from fedlab.result import Trace, TraceEntry
+from fedlab.sql.plan import Plan
+
+__all__ = ["execute"]
+
+
+def execute(
+    plan: Plan,
+    catalog: Catalog,
+    *,
+    fetch: Fetcher = default_fetch,
+    max_workers: int = 8,
+    timeout: float | None = None,
+    t0: float | None = None,
+) -> tuple[pl.DataFrame, Trace]:
+    """Fetch every fragment (in parallel), run the residual, return the frame and its trace.
+
+    Args:
+        plan: what to run.
+        catalog: where the sources are.
+        fetch: the fetch seam (see :mod:`fedlab.execute.fetch`).
+        max_workers: fragments fetched at once.
+        timeout: whole-query deadline in seconds (None: none).
+        t0: ``time.monotonic()`` when the query started (for the trace's clock).
+    """
+    t0 = time.monotonic() if t0 is None else t0
+    deadline = t0 + timeout if timeout else None
+    trace = Trace()
+    frames: dict[str, pl.DataFrame] = {}
+
+    def run_one(frag):
+        start = time.monotonic() - t0
+        res = fetch(frag, catalog.sources[frag.source], deadline)
+        end = time.monotonic() - t0
+        return frag, res, start, end
+
+    fetch_start = time.monotonic()
+    if plan.fragments:
+        pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(plan.fragments))))
+        try:
+            futures = [pool.submit(run_one, f) for f in plan.fragments]
+            wait_for = None if deadline is None else max(deadline - time.monotonic(), 0) + 1.0
+            done, pending = wait(futures, timeout=wait_for, return_when=FIRST_EXCEPTION)
+            failed = [f for f in done if f.exception() is not None]
+            if failed:
+                err = failed[0].exception()
+                for f in pending:
+                    f.cancel()
+                if isinstance(err, FedlabError):
+                    raise err
+                raise ExecutionError(f"fragment failed: {type(err).__name__}: {err}") from None
+            if pending:
+                for f in pending:
+                    f.cancel()
+                raise QueryTimeoutError(
+                    f"query passed its {timeout:g} s deadline with {len(pending)} fragment(s) still running"
+                )
+            for fut in futures:
+                frag, res, start, end = fut.result()
+                frames[frag.id] = res.df
+                trace.entries.append(
+                    TraceEntry(
+                        fragment=frag.id,
+                        source=frag.source,
+                        kind=frag.kind,
+                        sql=frag.sql,
+                        start=start,
+                        end=end,
+                        rows=res.df.height,
+                        bytes=res.nbytes,
+                        reader=res.reader,
+                    )
+                )
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+    trace.fetch_s = time.monotonic() - fetch_start
+    res_start = time.monotonic()
+    trace.residual_start = res_start - t0
+    if plan.residual_sql is None:
+        df = frames[plan.fragments[0].id]
+    else:
+        ctx = pl.SQLContext({k: v.lazy() for k, v in frames.items()})
+        try:
+            df = ctx.execute(plan.residual_sql, eager=False).collect()
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UnsupportedSQLError(
+                f"the local engine (Polars SQL) could not run the residual: {type(e).__name__}: {msg}\n"
+                f"  residual: {plan.residual_sql[:800]}"
+            ) from None
+    if plan.output_columns and len(plan.output_columns) == df.width and len(set(plan.output_columns)) == df.width:
+        df = df.rename(dict(zip(df.columns, plan.output_columns, strict=True)))
+    trace.residual_s = time.monotonic() - res_start
+    trace.result_rows = df.height
+    return df, trace

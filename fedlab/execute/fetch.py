@@ -1,0 +1,232 @@
+"""The fetch seam: one fragment in, one Polars frame (typed as the plan expects) out.
+
+``fetch(fragment, source, deadline)`` is the only function in fedlab that reads rows
+from a database. The executor takes it as a parameter, so tests, caching, retries and
+fault injection wrap it without touching the planner or the executor.
+
+Readers:
+
+* PostgreSQL and MariaDB: connectorx → Arrow, in a session made read-only (and exact:
+  MariaDB ``div_precision_increment = 30``) by ``pre_execution_query``;
+* SQLite: the standard library, opened ``mode=ro``, with a progress handler that stops a
+  fragment at its deadline (connectorx cannot open SQLite read-only);
+* DuckDB: its own package (connectorx cannot read DuckDB), opened read-only, Arrow out;
+* fallback: SQLAlchemy, when connectorx cannot map a column type.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import polars as pl
+import pyarrow as pa
+from sqlglot import exp
+
+from fedlab.errors import FragmentError, QueryTimeoutError, SourceUnavailableError
+from fedlab.sql.plan import Fragment
+from fedlab.source import Source
+
+__all__ = ["FetchResult", "Fetcher", "coerce", "default_fetch", "polars_dtype"]
+
+
+@dataclass
+class FetchResult:
+    """What a fetch returns: the rows, their Arrow size, and which reader got them."""
+
+    df: pl.DataFrame
+    nbytes: int
+    reader: str
+
+
+#: the seam's signature
+Fetcher = Callable[[Fragment, Source, float | None], FetchResult]
+
+_T = exp.DataType.Type
+
+
+def polars_dtype(t: exp.DataType | None) -> pl.DataType | None:
+    """fedlab's type policy: the Polars dtype a SQL type arrives as (None: keep as read)."""
+    if t is None:
+        return None
+    if t.this in exp.DataType.INTEGER_TYPES:
+        return pl.Int64()
+    if t.this in exp.DataType.REAL_TYPES:  # FLOAT, DOUBLE, DECIMAL…: one decimal policy
+        return pl.Float64()
+    if t.this in exp.DataType.TEXT_TYPES:
+        return pl.String()
+    if t.this == _T.DATE:
+        return pl.Date()
+    if t.this in (_T.TIMESTAMP, _T.DATETIME, _T.TIMESTAMPNTZ, _T.DATETIME64):
+        return pl.Datetime("us")
+    if t.this == _T.BOOLEAN:
+        return pl.Boolean()
+    return None
+
+
+def coerce(df: pl.DataFrame, columns: list[tuple[str, exp.DataType]]) -> pl.DataFrame:
+    """Name and type a fetched frame as the fragment declared (dates as Date, decimals as Float64…)."""
+    if len(df.columns) == len(columns):
+        df = df.rename(dict(zip(df.columns, [n for n, _ in columns], strict=True)))
+    exprs = []
+    for name, t in columns:
+        if name not in df.columns:
+            continue
+        have = df.schema[name]
+        want = polars_dtype(t)
+        col = pl.col(name)
+        if want is None:
+            if isinstance(have, pl.Decimal):
+                exprs.append(col.cast(pl.Float64))
+            continue
+        if have == want:
+            continue
+        if have == pl.String() and want == pl.Date():
+            exprs.append(col.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False))
+        elif have == pl.String() and isinstance(want, pl.Datetime):
+            exprs.append(col.str.replace("T", " ").str.to_datetime(strict=False, time_unit="us"))
+        elif isinstance(have, pl.Datetime) and want == pl.Date():
+            exprs.append(col.dt.date())
+        elif isinstance(have, pl.Datetime) and isinstance(want, pl.Datetime):
+            exprs.append(col.dt.replace_time_zone(None).dt.cast_time_unit("us") if have.time_zone else col.dt.cast_time_unit("us"))
+        else:
+            exprs.append(col.cast(want, strict=False))
+    if any(isinstance(d, pl.Decimal) for d in df.schema.values()):
+        exprs += [
+            pl.col(n).cast(pl.Float64)
+            for n, d in df.schema.items()
+            if isinstance(d, pl.Decimal) and n not in {c for c, _ in columns if polars_dtype(_)}
+        ]
+    return df.with_columns(exprs) if exprs else df
+
+
+def _probe(source: Source) -> None:
+    """A dead server fails here in seconds (connectorx would retry for ~30 s)."""
+    if source.path is not None:
+        return
+    try:
+        socket.create_connection((source.host, source.port), timeout=source.options.connect_timeout).close()
+    except OSError as e:
+        raise SourceUnavailableError(f"source {source.describe()} is not reachable: {e}") from None
+
+
+def _read_sqlite(fragment: Fragment, source: Source, deadline: float | None) -> FetchResult:
+    con = sqlite3.connect(f"file:{source.path}?mode=ro", uri=True, check_same_thread=False)
+    try:
+        if deadline is not None:
+            con.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 10_000)
+        try:
+            cur = con.execute(fragment.sql)
+            rows = cur.fetchall()
+        except sqlite3.OperationalError as e:
+            if "interrupted" in str(e) and deadline is not None:
+                raise QueryTimeoutError(
+                    f"fragment {fragment.id} on {source.name} passed the query deadline"
+                ) from None
+            raise
+        names = [d[0] for d in cur.description]
+    finally:
+        con.close()
+    series = []
+    types = dict(fragment.columns)
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    for name, values in zip(names, columns, strict=True):
+        want = polars_dtype(types.get(name))
+        if want in (pl.Date(), pl.Datetime("us")) or want is None:
+            try:
+                s = pl.Series(name, values, strict=False)
+            except Exception:
+                s = pl.Series(name, [None if v is None else str(v) for v in values], dtype=pl.String)
+        else:
+            s = pl.Series(name, values, dtype=want, strict=False)
+        series.append(s)
+    df = pl.DataFrame(series)
+    return FetchResult(df, df.to_arrow().nbytes if df.width else 0, "sqlite3")
+
+
+def _read_duckdb(fragment: Fragment, source: Source, deadline: float | None) -> FetchResult:
+    import duckdb
+
+    con = duckdb.connect(str(source.path), read_only=True)
+    try:
+        table = con.execute(fragment.sql).fetch_arrow_table()
+    finally:
+        con.close()
+    return FetchResult(pl.from_arrow(table), table.nbytes, "duckdb")
+
+
+def _read_connectorx(fragment: Fragment, source: Source, deadline: float | None) -> FetchResult:
+    import connectorx as cx
+
+    _probe(source)
+    setup = source.session_setup()
+    if deadline is not None:
+        left = max(deadline - time.monotonic(), 0.001)
+        if source.kind == "postgresql":
+            setup.append(f"SET statement_timeout = {max(int(left * 1000), 1)}")
+        elif source.kind == "mysql":
+            setup.append(f"SET SESSION max_statement_time = {left:.3f}")
+    table = cx.read_sql(
+        source.connectorx_url, fragment.sql, return_type="arrow", pre_execution_query=setup
+    )
+    if isinstance(table, pa.RecordBatchReader):  # pragma: no cover - arrow_stream only
+        table = table.read_all()
+    return FetchResult(pl.from_arrow(table), table.nbytes, "connectorx")
+
+
+def _read_sqlalchemy(fragment: Fragment, source: Source, deadline: float | None) -> FetchResult:
+    con = source.connect()
+    try:
+        cur = con.cursor()
+        cur.execute(fragment.sql)
+        names = [d[0] for d in cur.description]
+        rows = cur.fetchall()
+    finally:
+        con.close()
+    df = pl.DataFrame([list(r) for r in rows], schema=names, orient="row", infer_schema_length=None)
+    return FetchResult(df, df.to_arrow().nbytes if df.width else 0, "dbapi")
+
+
+_READERS = {
+    "sqlite": _read_sqlite,
+    "duckdb": _read_duckdb,
+    "postgresql": _read_connectorx,
+    "mysql": _read_connectorx,
+}
+
+_TYPE_PROBLEMS = ("not implemented", "unsupported", "not supported", "cannot convert", "no conversion")
+
+
+def default_fetch(fragment: Fragment, source: Source, deadline: float | None = None) -> FetchResult:
+    """Read one fragment with the best reader for its source; type it as declared."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise QueryTimeoutError(f"fragment {fragment.id} on {source.name}: deadline passed before it started")
+    reader = _READERS[source.kind]
+    try:
+        try:
+            result = reader(fragment, source, deadline)
+        except RuntimeError as e:
+            # connectorx cannot map some column types: fall back to the DB-API driver
+            if reader is _read_connectorx and any(p in str(e).lower() for p in _TYPE_PROBLEMS):
+                result = _read_sqlalchemy(fragment, source, deadline)
+            else:
+                raise
+    except (SourceUnavailableError, QueryTimeoutError):
+        raise
+    except Exception as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if any(w in text.lower() for w in ("statement timeout", "max_statement_time", "interrupted")):
+            raise QueryTimeoutError(
+                f"fragment {fragment.id} on source {source.name} ({source.kind}) timed out: {text}"
+            ) from None
+        raise FragmentError(
+            f"fragment {fragment.id} on source {source.name} ({source.kind}) failed: {text}\n"
+            f"  SQL: {fragment.sql[:500]}",
+            source=source.name,
+            sql=fragment.sql,
+        ) from None
+    result.df = coerce(result.df, fragment.columns)
+    return result

@@ -1,0 +1,237 @@
+"""The user's entry point: attach databases, query them as one.
+
+>>> import fedlab as fl
+>>> fed = fl.Federation()
+>>> fed.attach("catalog", "sqlite:///data/demo/products.db")   # doctest: +SKIP
+>>> fed.sql("SELECT count(*) FROM products").df                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from fedlab.catalog import Catalog
+from fedlab.config import load_config
+from fedlab.errors import ConfigError, FedlabError
+from fedlab.execute.executor import execute
+from fedlab.execute.fetch import Fetcher, default_fetch
+from fedlab.result import Comparison, FederatedResult
+from fedlab.source import Source
+from fedlab.sql.bind import BoundQuery, bind
+from fedlab.sql.parse import parse_query
+from fedlab.sql.plan import Plan
+from fedlab.sql.planner import STRATEGIES, plan_query
+
+__all__ = ["Federation"]
+
+
+class Federation:
+    """Several databases queried as one.
+
+    Args:
+        dialect: SQL dialect of the queries you write (default: PostgreSQL-style).
+        strategy: default planning strategy (``auto``, ``pushdown`` or ``naive``).
+        max_workers: fragments fetched in parallel.
+        timeout: default whole-query deadline in seconds (None: none).
+        fetch: the fetch seam (tests and services wrap it).
+    """
+
+    def __init__(
+        self,
+        *,
+        dialect: str = "postgres",
+        strategy: str = "auto",
+        max_workers: int = 8,
+        timeout: float | None = None,
+        fetch: Fetcher | None = None,
+    ) -> None:
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        self.dialect = dialect
+        self.strategy = strategy
+        self.max_workers = max_workers
+        self.timeout = timeout
+        self.fetch: Fetcher = fetch or default_fetch
+        self.catalog = Catalog()
+        self._history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ sources
+    @classmethod
+    def from_config(cls, path: str | Path, **kwargs: Any) -> Federation:
+        """Attach every source of a ``fedlab.toml`` file (``${ENV}`` interpolated)."""
+        cfg = load_config(path)
+        settings = {k: v for k, v in cfg.settings.items() if k in ("strategy", "timeout", "max_workers")}
+        fed = cls(**{**settings, **kwargs})
+        for s in cfg.sources:
+            fed.attach(s.name, s.url, tags=s.tags, base_dir=cfg.path.parent, **s.options)
+        return fed
+
+    def attach(
+        self,
+        name: str,
+        url: str,
+        *,
+        tags: Mapping[str, str] | None = None,
+        base_dir: str | Path | None = None,
+        **options: Any,
+    ) -> Federation:
+        """Attach a database as ``name``; its tables become ``name.<table>``.
+
+        The source must answer within its ``connect_timeout`` (default 5 s); its catalog
+        (tables, columns, keys, row estimates, key ranges) is read once and cached.
+        """
+        if name in self.catalog.sources:
+            raise ConfigError(f"a source named {name!r} is already attached (detach it first)")
+        source = Source.from_url(name, url, tags=dict(tags or {}), base_dir=base_dir, **options)
+        self.catalog.add(source)
+        return self
+
+    def detach(self, name: str) -> None:
+        if name not in self.catalog.sources:
+            raise ConfigError(f"no source named {name!r} is attached")
+        self.catalog.remove(name)
+
+    def refresh(self, name: str | None = None) -> None:
+        """Re-read the catalog of one source (or all)."""
+        self.catalog.refresh(name)
+
+    def sources(self) -> pl.DataFrame:
+        """One row per source: name, kind, dialect, URL (password redacted), tags, TLS, tables."""
+        rows = [
+            {
+                "name": s.name,
+                "kind": s.kind,
+                "dialect": s.dialect,
+                "url": s.redacted_url,
+                "tags": ", ".join(f"{k}={v}" for k, v in s.tags.items()),
+                "tls": s.tls,
+                "tables": len(self.catalog.tables.get(s.name, {})),
+            }
+            for s in self.catalog.sources.values()
+        ]
+        schema = {"name": pl.String, "kind": pl.String, "dialect": pl.String, "url": pl.String,
+                  "tags": pl.String, "tls": pl.String, "tables": pl.Int64}
+        return pl.DataFrame(rows, schema=schema)
+
+    def tables(self) -> pl.DataFrame:
+        """One row per table: source, table, columns, primary key, row estimate."""
+        rows = [
+            {
+                "source": t.source,
+                "table": t.name,
+                "columns": ", ".join(f"{c.name} {c.declared}".strip() for c in t.columns),
+                "primary_key": ", ".join(t.primary_key),
+                "rows_estimate": t.row_estimate,
+            }
+            for tables in self.catalog.tables.values()
+            for t in tables.values()
+        ]
+        schema = {"source": pl.String, "table": pl.String, "columns": pl.String,
+                  "primary_key": pl.String, "rows_estimate": pl.Int64}
+        return pl.DataFrame(rows, schema=schema)
+
+    def health(self) -> pl.DataFrame:
+        """Ping every source: one row each with its round-trip latency or its error."""
+        rows = []
+        for s in self.catalog.sources.values():
+            try:
+                latency, error = s.ping(), None
+            except FedlabError as e:
+                latency, error = None, str(e)
+            rows.append({"source": s.name, "kind": s.kind, "up": error is None,
+                         "latency_ms": None if latency is None else latency * 1000,
+                         "breaker": "closed", "error": error})
+        schema = {"source": pl.String, "kind": pl.String, "up": pl.Boolean,
+                  "latency_ms": pl.Float64, "breaker": pl.String, "error": pl.String}
+        return pl.DataFrame(rows, schema=schema)
+
+    def history(self) -> pl.DataFrame:
+        """One row per executed query (this session)."""
+        schema = {"at": pl.Float64, "sql": pl.String, "strategy": pl.String, "ok": pl.Boolean,
+                  "seconds": pl.Float64, "fragments": pl.Int64, "sources": pl.String,
+                  "rows": pl.Int64, "bytes": pl.Int64, "error": pl.String}
+        return pl.DataFrame(self._history, schema=schema)
+
+    # ------------------------------------------------------------------ queries
+    def bind(self, sql: str, params: Mapping[str, Any] | None = None) -> BoundQuery:
+        """Parse and bind ``sql`` (names resolved, columns qualified), without planning."""
+        return bind(parse_query(sql, dialect=self.dialect, params=params), self.catalog)
+
+    def explain(
+        self, sql: str, *, strategy: str | None = None, params: Mapping[str, Any] | None = None
+    ) -> Plan:
+        """The plan ``sql`` would run under ``strategy``; nothing is executed."""
+        return plan_query(self.bind(sql, params), self.catalog, strategy or self.strategy, sql)
+
+    def sql(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        strategy: str | None = None,
+        timeout: float | None = None,
+    ) -> FederatedResult:
+        """Run one read-only query over the attached sources."""
+        t0 = time.monotonic()
+        strategy = strategy or self.strategy
+        entry: dict[str, Any] = {"at": time.time(), "sql": sql, "strategy": strategy, "ok": False,
+                                 "seconds": None, "fragments": None, "sources": None,
+                                 "rows": None, "bytes": None, "error": None}
+        self._history.append(entry)
+        try:
+            plan = self.explain(sql, strategy=strategy, params=params)
+            planning = time.monotonic() - t0
+            df, trace = execute(
+                plan,
+                self.catalog,
+                fetch=self.fetch,
+                max_workers=self.max_workers,
+                timeout=timeout if timeout is not None else self.timeout,
+                t0=t0,
+            )
+        except FedlabError as e:
+            entry.update(error=f"{type(e).__name__}: {e}", seconds=time.monotonic() - t0)
+            raise
+        trace.planning_s = planning
+        trace.total_s = time.monotonic() - t0
+        entry.update(ok=True, seconds=trace.total_s, fragments=len(plan.fragments),
+                     sources=", ".join(plan.sources), rows=trace.rows, bytes=trace.bytes)
+        return FederatedResult(df, plan, trace)
+
+    def compare(
+        self,
+        sql: str,
+        strategies: Sequence[str] = ("naive", "pushdown"),
+        params: Mapping[str, Any] | None = None,
+    ) -> Comparison:
+        """Run ``sql`` under each strategy; check they agree (the equality rule); tabulate cost."""
+        from fedlab.testing import same_result
+
+        results = {s: self.sql(sql, params, strategy=s) for s in strategies}
+        first = next(iter(results.values()))
+        rows = []
+        for s, r in results.items():
+            ok, why = same_result(r.df, first.df, ordered=r.plan.ordered)
+            rows.append({"strategy": s, "seconds": r.trace.total_s, "fragments": len(r.plan.fragments),
+                         "rows_moved": r.trace.rows, "bytes_moved": r.trace.bytes,
+                         "result_rows": r.df.height, "same_result": ok, "difference": why or None})
+        return Comparison(sql, results, pl.DataFrame(rows))
+
+    # ------------------------------------------------------------------ display
+    def __repr__(self) -> str:
+        names = ", ".join(f"{s.name}({s.kind})" for s in self.catalog.sources.values())
+        return f"<Federation {len(self.catalog.sources)} source(s): {names or 'none'}>"
+
+    def _repr_html_(self) -> str:
+        items = "".join(
+            f"<li><b>{html.escape(s.name)}</b> ({html.escape(s.kind)}) "
+            f"{html.escape(s.redacted_url)}: {len(self.catalog.tables.get(s.name, {}))} table(s)</li>"
+            for s in self.catalog.sources.values()
+        )
+        return f"<div><b>Federation</b><ul>{items}</ul></div>"

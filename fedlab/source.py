@@ -1,0 +1,287 @@
+"""Sources: one database each, addressed by a SQLAlchemy-style URL.
+
+A :class:`Source` knows how to open a read-only connection to its database with a
+connect timeout, and how to describe itself without ever showing a password.
+
+>>> s = Source.from_url("crm", "postgresql://bob:s3cret@127.0.0.1:5432/crm")
+>>> s.kind, s.dialect, s.redacted_url
+('postgresql', 'postgres', 'postgresql://bob:***@127.0.0.1:5432/crm')
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from fedlab.errors import (
+    ConfigError,
+    MissingDatabaseFileError,
+    SourceUnavailableError,
+)
+from fedlab.security import redact, register_secret
+
+__all__ = ["KINDS", "Source", "SourceOptions"]
+
+#: URL scheme -> (kind, sqlglot dialect)
+KINDS: dict[str, tuple[str, str]] = {
+    "sqlite": ("sqlite", "sqlite"),
+    "postgresql": ("postgresql", "postgres"),
+    "postgres": ("postgresql", "postgres"),
+    "mysql": ("mysql", "mysql"),
+    "mariadb": ("mysql", "mysql"),
+    "duckdb": ("duckdb", "duckdb"),
+}
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """Per-source settings.
+
+    Attributes:
+        connect_timeout: seconds to wait for a connection before the source counts as down.
+        statement_timeout: seconds a fragment may run on the server (None: no limit).
+        read_only: open sessions read-only (always on for queries; kept for transactions).
+    """
+
+    connect_timeout: float = 5.0
+    statement_timeout: float | None = None
+    read_only: bool = True
+
+
+@dataclass
+class Source:
+    """One attached database."""
+
+    name: str
+    kind: str
+    dialect: str
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    database: str | None = None
+    path: Path | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    options: SourceOptions = field(default_factory=SourceOptions)
+    _password: str | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_url(
+        cls,
+        name: str,
+        url: str,
+        *,
+        tags: dict[str, str] | None = None,
+        base_dir: str | Path | None = None,
+        **options: Any,
+    ) -> Source:
+        """Parse ``url`` into a Source; relative file paths resolve from ``base_dir`` (cwd)."""
+        if not _NAME.match(name or ""):
+            raise ConfigError(
+                f"source name {name!r} is not a valid identifier "
+                "(letters, digits and _, not starting with a digit)"
+            )
+        if not isinstance(url, str) or "://" not in url:
+            raise ConfigError(
+                f"source {name!r}: {url!r} is not a database URL "
+                "(expected sqlite:///path, postgresql://…, mysql://…, mariadb://… or duckdb:///path)"
+            )
+        scheme = url.split("://", 1)[0].lower().split("+", 1)[0]
+        if scheme not in KINDS:
+            raise ConfigError(
+                f"source {name!r}: unsupported URL scheme {scheme!r} "
+                f"(supported: {', '.join(sorted(KINDS))})"
+            )
+        kind, dialect = KINDS[scheme]
+        known = {f for f in SourceOptions.__dataclass_fields__}
+        unknown = set(options) - known
+        if unknown:
+            raise ConfigError(
+                f"source {name!r}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
+        opts = SourceOptions(**options)
+        tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        if kind in ("sqlite", "duckdb"):
+            raw = url.split("://", 1)[1]
+            if not raw.startswith("/"):
+                raise ConfigError(f"source {name!r}: expected {scheme}:///path, got {url!r}")
+            raw = raw[1:].split("?", 1)[0]  # sqlite:///rel -> "rel", sqlite:////abs -> "/abs"
+            if raw in ("", ":memory:"):
+                raise ConfigError(
+                    f"source {name!r}: an in-memory {kind} database cannot be shared; give a file path"
+                )
+            path = Path(unquote(raw))
+            if not path.is_absolute():
+                path = Path(base_dir or Path.cwd()) / path
+            path = path.resolve()
+            if not path.is_file():
+                raise MissingDatabaseFileError(
+                    f"source {name!r}: the {kind} file {str(path)!r} does not exist "
+                    "(fedlab never creates an empty database in its place)"
+                )
+            return cls(name, kind, dialect, path=path, tags=tags, options=opts)
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError as e:
+            raise ConfigError(f"source {name!r}: bad port in {redact(url)!r}: {e}") from None
+        password = unquote(parts.password) if parts.password else None
+        if password:
+            register_secret(password)
+        query = dict(parse_qsl(parts.query))
+        if "password" in query:
+            password = query["password"]
+            register_secret(password)
+        database = parts.path.lstrip("/") or None
+        return cls(
+            name,
+            kind,
+            dialect,
+            host=parts.hostname or "127.0.0.1",
+            port=port or (5432 if kind == "postgresql" else 3306),
+            user=unquote(parts.username) if parts.username else None,
+            database=database,
+            tags=tags,
+            options=opts,
+            _password=password,
+        )
+
+    # ------------------------------------------------------------------ descriptions
+    @property
+    def redacted_url(self) -> str:
+        """The URL with the password replaced by ``***``."""
+        return self._url(redacted=True)
+
+    @property
+    def connectorx_url(self) -> str:
+        """The URL connectorx reads (holds the password: never print it)."""
+        return self._url(redacted=False)
+
+    def _url(self, *, redacted: bool) -> str:
+        if self.path is not None:
+            return f"{self.kind}://{self.path}"
+        auth = self.user or ""
+        if self._password:
+            auth += ":***" if redacted else f":{self._password}"
+        if auth:
+            auth += "@"
+        return f"{self.kind}://{auth}{self.host}:{self.port}/{self.database or ''}"
+
+    def describe(self) -> str:
+        """``name (url)`` for messages."""
+        return f"{self.name} ({self.redacted_url})"
+
+    def __repr__(self) -> str:
+        return f"Source(name={self.name!r}, url={self.redacted_url!r}, tags={self.tags!r})"
+
+    @property
+    def tls(self) -> str:
+        """What protects the connection: ``local file``, ``loopback`` or ``none``."""
+        if self.path is not None:
+            return "local file"
+        if self.host in ("127.0.0.1", "localhost", "::1"):
+            return "loopback"
+        return "none"
+
+    # ------------------------------------------------------------------ sessions
+    def session_setup(self) -> list[str]:
+        """Statements that make a fragment session read-only, bounded and exact."""
+        if self.kind == "postgresql":
+            stmts = ["SET default_transaction_read_only = on"]
+            if self.options.statement_timeout:
+                stmts.append(f"SET statement_timeout = {int(self.options.statement_timeout * 1000)}")
+            return stmts
+        if self.kind == "mysql":
+            # div_precision_increment: MariaDB keeps only 4 extra digits after a decimal
+            # division (AVG included); PostgreSQL keeps ~16. 30 is the maximum.
+            stmts = [
+                "SET SESSION TRANSACTION READ ONLY",
+                "SET SESSION div_precision_increment = 30",
+                "SET NAMES utf8mb4",
+            ]
+            if self.options.statement_timeout:
+                stmts.append(f"SET SESSION max_statement_time = {self.options.statement_timeout}")
+            return stmts
+        return []
+
+    def connect(self, *, read_only: bool = True) -> Any:
+        """Open a DB-API connection (read-only by default); raise SourceUnavailableError fast."""
+        timeout = self.options.connect_timeout
+        try:
+            if self.kind == "sqlite":
+                mode = "ro" if read_only else "rw"
+                con = sqlite3.connect(
+                    f"file:{self.path}?mode={mode}",
+                    uri=True,
+                    timeout=timeout,
+                    check_same_thread=False,
+                )
+                return con
+            if self.kind == "duckdb":
+                import duckdb
+
+                return duckdb.connect(str(self.path), read_only=read_only)
+            if self.kind == "postgresql":
+                import psycopg
+
+                con = psycopg.connect(
+                    host=self.host,
+                    port=self.port,
+                    user=self.user or "postgres",
+                    password=self._password,
+                    dbname=self.database or "postgres",
+                    connect_timeout=max(1, int(timeout)),
+                    autocommit=True,
+                    application_name=f"fedlab:{self.name}",
+                )
+                if read_only:
+                    for stmt in self.session_setup():
+                        con.execute(stmt)
+                return con
+            if self.kind == "mysql":
+                import pymysql
+
+                con = pymysql.connect(
+                    host=self.host,
+                    port=self.port,
+                    user=self.user or "root",
+                    password=self._password or "",
+                    database=self.database,
+                    connect_timeout=timeout,
+                    charset="utf8mb4",
+                    autocommit=True,
+                )
+                if read_only:
+                    with con.cursor() as cur:
+                        for stmt in self.session_setup():
+                            cur.execute(stmt)
+                return con
+        except Exception as e:  # driver errors differ per kind; all mean "not usable"
+            raise SourceUnavailableError(
+                f"source {self.describe()} is not reachable: {type(e).__name__}: {e}"
+            ) from None
+        raise ConfigError(f"source {self.name!r}: unknown kind {self.kind!r}")
+
+    def ping(self) -> float:
+        """Connect and run ``SELECT 1``; return the round trip in seconds."""
+        import time
+
+        t0 = time.perf_counter()
+        con = self.connect()
+        try:
+            cur = con.cursor()
+            cur.execute("SELECT 1")
+            cur.fetchall()
+        except Exception as e:
+            raise SourceUnavailableError(
+                f"source {self.describe()} does not answer: {type(e).__name__}: {e}"
+            ) from None
+        finally:
+            con.close()
+        return time.perf_counter() - t0

@@ -1,0 +1,249 @@
+"""Bind a parsed query to the catalog.
+
+After binding:
+
+* every base table is ``source.table`` (``exp.Table`` with ``db`` = source name) and has
+  an alias that is unique in the whole query (the user's alias when it is free);
+* every column is qualified by its table alias, ``*`` is expanded;
+* the outermost projections carry the names PostgreSQL would give them;
+* integer ``/`` integer is an explicit :class:`sqlglot.exp.IntDiv`;
+* every node has a type (``annotate_types``) so later rules can ask "is this text?".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+from sqlglot.errors import OptimizeError
+from sqlglot.optimizer.annotate_types import annotate_types
+from sqlglot.optimizer.qualify import qualify
+from sqlglot.optimizer.simplify import simplify
+from sqlglot.schema import MappingSchema
+
+from fedlab.catalog import Catalog, TableInfo
+from fedlab.errors import (
+    AmbiguousColumnError,
+    UnknownColumnError,
+    UnsupportedSQLError,
+)
+
+__all__ = ["BoundQuery", "bind", "pg_output_name"]
+
+
+@dataclass
+class BoundQuery:
+    """A query whose names all resolve: the tree plus what each alias stands for."""
+
+    tree: exp.Query
+    #: alias -> table info, for every base-table reference
+    aliases: dict[str, TableInfo] = field(default_factory=dict)
+    #: True when the outermost query has ORDER BY (the result order is then fixed)
+    ordered: bool = False
+
+    def sources(self) -> set[str]:
+        return {t.source for t in self.aliases.values()}
+
+
+# PostgreSQL's names for unaliased output columns ("count", "sum", "?column?", ...)
+def pg_output_name(e: exp.Expression) -> str:
+    """The column name PostgreSQL gives an unaliased select item.
+
+    >>> import sqlglot
+    >>> [pg_output_name(p) for p in sqlglot.parse_one("SELECT a, t.b, count(*), sum(x) + 1, CAST(c AS INT), CASE WHEN 1=1 THEN 1 END").expressions]
+    ['a', 'b', 'count', '?column?', 'c', 'case']
+    """
+    if isinstance(e, exp.Alias):
+        return e.alias
+    if isinstance(e, exp.Column):
+        return e.name
+    if isinstance(e, exp.Paren):
+        return pg_output_name(e.this)
+    if isinstance(e, exp.Cast | exp.TryCast):
+        inner = e.this
+        if isinstance(inner, exp.Column | exp.Func | exp.Cast):
+            return pg_output_name(inner)
+        return _PG_TYPE_NAMES.get(e.to.this, e.to.this.value.lower())
+    if isinstance(e, exp.Case):
+        return "case"
+    if isinstance(e, exp.Coalesce):
+        return "coalesce"
+    if isinstance(e, exp.Exists):
+        return "exists"
+    if isinstance(e, exp.Anonymous):
+        return str(e.this).lower()
+    if isinstance(e, exp.Func):
+        if isinstance(e, exp.Count):
+            return "count"
+        name = e.sql_name().lower()
+        return _PG_FUNC_NAMES.get(name, name)
+    if isinstance(e, exp.Subquery):
+        inner = e.unnest()
+        if isinstance(inner, exp.Select) and len(inner.expressions) == 1:
+            return pg_output_name(inner.expressions[0])
+    return "?column?"
+
+
+_PG_TYPE_NAMES = {
+    exp.DataType.Type.INT: "int4",
+    exp.DataType.Type.BIGINT: "int8",
+    exp.DataType.Type.SMALLINT: "int2",
+    exp.DataType.Type.DOUBLE: "float8",
+    exp.DataType.Type.FLOAT: "float4",
+    exp.DataType.Type.DECIMAL: "numeric",
+    exp.DataType.Type.TEXT: "text",
+    exp.DataType.Type.VARCHAR: "varchar",
+    exp.DataType.Type.DATE: "date",
+    exp.DataType.Type.TIMESTAMP: "timestamp",
+    exp.DataType.Type.BOOLEAN: "bool",
+}
+_PG_FUNC_NAMES = {"substring": "substring", "char_length": "length", "stddev_samp": "stddev"}
+
+
+def _name_outputs(tree: exp.Query) -> None:
+    """Alias every outermost projection with PostgreSQL's name for it."""
+    selects = [tree] if isinstance(tree, exp.Select) else []
+    if isinstance(tree, exp.SetOperation):
+        left = tree
+        while isinstance(left, exp.SetOperation):
+            left = left.left
+        if isinstance(left, exp.Select):
+            selects = [left]
+    for select in selects:
+        new = []
+        for p in select.expressions:
+            if isinstance(p, exp.Alias | exp.Star) or (
+                isinstance(p, exp.Column) and isinstance(p.this, exp.Star)
+            ):
+                new.append(p)
+            else:
+                new.append(exp.alias_(p, pg_output_name(p), quoted=True))
+        select.set("expressions", new)
+
+
+def _cte_names(tree: exp.Expression) -> set[str]:
+    return {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+
+
+def _resolve_tables(tree: exp.Expression, catalog: Catalog) -> None:
+    ctes = _cte_names(tree)
+    for table in list(tree.find_all(exp.Table)):
+        if isinstance(table.this, exp.Func | exp.Anonymous) or not table.name:
+            raise UnsupportedSQLError(f"table function {table.sql()!r} is not supported")
+        if table.args.get("catalog"):
+            raise UnsupportedSQLError(
+                f"three-part name {table.sql()!r}: use source.table (schemas are not supported yet)"
+            )
+        if not table.db and table.name in ctes:
+            continue
+        info = catalog.resolve(table.name, table.db or None)
+        table.set("this", exp.to_identifier(info.name, quoted=info.name != info.name.lower()))
+        table.set("db", exp.to_identifier(info.source))
+        table.meta["fedlab_table"] = info
+        table.meta["fedlab_alias"] = table.alias_or_name
+
+
+def _schema(catalog: Catalog) -> MappingSchema:
+    mapping = {
+        src: {
+            t.name: {c.name: c.type.sql(dialect="postgres") for c in t.columns}
+            for t in tables.values()
+        }
+        for src, tables in catalog.tables.items()
+    }
+    return MappingSchema(mapping, dialect="postgres")
+
+
+_UNRESOLVED = re.compile(r"Column '([^']+)' could not be resolved")
+
+
+def _column_error(e: OptimizeError, tree: exp.Expression, catalog: Catalog) -> Exception:
+    msg = str(e)
+    m = _UNRESOLVED.search(msg)
+    where = msg.split(" Line:", 1)[1].strip() if " Line:" in msg else ""
+    where = f" (line {where.replace(', Col:', ', column')})" if where else ""
+    if not m:
+        return UnsupportedSQLError(f"could not resolve the query's columns: {msg}")
+    col = m.group(1).split(".")[-1].strip('"')
+    refs = [
+        (t.meta["fedlab_table"], t.alias_or_name)
+        for t in tree.find_all(exp.Table)
+        if "fedlab_table" in t.meta
+    ]
+    tables = [info for info, _ in refs]
+    having = sorted(
+        {f"{i.source}.{i.name} AS {a}" for i, a in refs if i.column(col) is not None}
+    )
+    if len(having) > 1:
+        return AmbiguousColumnError(
+            f"column {col!r} is ambiguous{where}: it is in {', '.join(having)}; "
+            "qualify it with a table alias"
+        )
+    scope = sorted({f"{t.source}.{t.name}" for t in tables})
+    return UnknownColumnError(
+        f"unknown column {col!r}{where}: not in "
+        f"{', '.join(scope) if scope else 'any table of the query'}"
+    )
+
+
+def _restore_aliases(tree: exp.Expression) -> None:
+    """Replace sqlglot's canonical aliases (_0, _1…) by the user's, kept unique."""
+    used: set[str] = set()
+    renames: dict[str, str] = {}
+    for table in tree.find_all(exp.Table):
+        canonical = table.alias
+        if not canonical or not re.fullmatch(r"_\d+", canonical):
+            continue
+        wanted = table.meta.get("fedlab_alias") or table.name
+        wanted = wanted.lower() if wanted.isidentifier() else "t"
+        new, n = wanted, 1
+        while new in used:
+            n += 1
+            new = f"{wanted}_{n}"
+        used.add(new)
+        renames[canonical] = new
+        table.set("alias", exp.TableAlias(this=exp.to_identifier(new)))
+    for col in tree.find_all(exp.Column):
+        if col.table in renames:
+            col.set("table", exp.to_identifier(renames[col.table]))
+
+
+def _explicit_int_division(tree: exp.Expression) -> None:
+    """PostgreSQL: integer / integer truncates. Make it an IntDiv so every dialect keeps that."""
+    for div in list(tree.find_all(exp.Div)):
+        left, right = div.this, div.expression
+        if (
+            div.args.get("typed")
+            and left.type is not None
+            and right.type is not None
+            and left.type.is_type(*exp.DataType.INTEGER_TYPES)
+            and right.type.is_type(*exp.DataType.INTEGER_TYPES)
+        ):
+            div.replace(exp.IntDiv(this=left, expression=right))
+
+
+def bind(tree: exp.Query, catalog: Catalog) -> BoundQuery:
+    """Resolve tables and columns of ``tree`` against ``catalog`` (mutates and returns it)."""
+    _resolve_tables(tree, catalog)
+    _name_outputs(tree)
+    try:
+        tree = qualify(
+            tree,
+            schema=_schema(catalog),
+            dialect="postgres",
+            validate_qualify_columns=True,
+            canonicalize_table_aliases=True,
+            quote_identifiers=False,
+            identify=False,
+        )
+    except OptimizeError as e:
+        raise _column_error(e, tree, catalog) from None
+    _restore_aliases(tree)
+    tree = simplify(tree, dialect="postgres")  # folds DATE '…' + INTERVAL '…' and friends
+    annotate_types(tree, schema=_schema(catalog), dialect="postgres")
+    _explicit_int_division(tree)
+    aliases = {
+        t.alias: t.meta["fedlab_table"] for t in tree.find_all(exp.Table) if t.meta.get("fedlab_table")
+    }
+    return BoundQuery(tree, aliases, ordered=bool(tree.args.get("order")))

@@ -1,0 +1,285 @@
+"""What each source kind can evaluate exactly as PostgreSQL would, and in which form.
+
+Two kinds of rule, both small pure functions over sqlglot trees:
+
+* :func:`blocker` says why an expression must stay local on a source kind (or ``None``);
+* the ``safe_*`` rewrites turn an expression into a form the source evaluates identically
+  (MariaDB ``col = 'x' AND CAST(col AS BINARY) = 'x'``; SQLite ``LIKE`` as ``GLOB``; …).
+
+``to_source_sql`` applies the rewrites and emits the text in the source's dialect.
+The table below is also in docs/sql.md.
+
+=============  ===========================================================================
+trap           rule
+=============  ===========================================================================
+MariaDB text   ``=``/``IN``: ``x = y AND BINARY x = BINARY y``; ``<``, ``<>``, BETWEEN, LIKE:
+               ``BINARY`` operands; GROUP BY text: extra ``BINARY`` key; ORDER BY text:
+               ``BINARY``; DISTINCT / MIN / MAX / COUNT(DISTINCT) / set operations on text,
+               IN (subquery) on text, window functions: kept local
+MariaDB nulls  ORDER BY gets explicit NULL ordering (sqlglot)
+MariaDB /      integer ``/`` integer as ``DIV``; decimal division exact to 30 digits
+               (session ``div_precision_increment = 30``)
+SQLite LIKE    ``GLOB`` with the pattern translated; ILIKE, UPPER/LOWER (ASCII only): local
+SQLite dates   ISO text: DATE literals compare as text; EXTRACT, INTERVAL, date casts: local
+DuckDB /       integer ``/`` integer as ``//``
+=============  ===========================================================================
+"""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+__all__ = ["blocker", "like_to_glob", "safe_mysql_text", "safe_sqlite_like", "to_source_sql"]
+
+DIALECT = {"sqlite": "sqlite", "postgresql": "postgres", "mysql": "mysql", "duckdb": "duckdb"}
+
+_BINARY = exp.DataType.build("BINARY")
+
+# node types that are plain and identical everywhere we push to
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
+
+_DATE_FUNCS = tuple(
+    getattr(exp, n)
+    for n in (
+        "Extract",
+        "Interval",
+        "DateAdd",
+        "DateSub",
+        "DateDiff",
+        "DateTrunc",
+        "TimestampTrunc",
+        "TimestampAdd",
+        "TimestampSub",
+        "TimeToStr",
+        "StrToTime",
+        "StrToDate",
+        "CurrentDate",
+        "CurrentTimestamp",
+        "Year",
+        "Month",
+        "Day",
+    )
+    if hasattr(exp, n)
+)
+_NON_DETERMINISTIC = tuple(
+    getattr(exp, n) for n in ("Rand", "Random", "CurrentTimestamp", "CurrentDate", "Uuid") if hasattr(exp, n)
+)
+
+
+def _is_text(e: exp.Expression) -> bool:
+    t = e.type
+    return t is not None and t.this in exp.DataType.TEXT_TYPES
+
+
+def _is_unknown(e: exp.Expression) -> bool:
+    t = e.type
+    return t is None or t.this in (exp.DataType.Type.UNKNOWN, exp.DataType.Type.NULL)
+
+
+def _is_query(e: exp.Expression) -> bool:
+    return isinstance(e, exp.Query)
+
+
+def blocker(node: exp.Expression, kind: str) -> str | None:
+    """Why ``node`` cannot be evaluated on a ``kind`` source exactly as PostgreSQL would.
+
+    Returns ``None`` when it can (possibly after the ``safe_*`` rewrites).
+
+    >>> import sqlglot
+    >>> blocker(sqlglot.parse_one("EXTRACT(YEAR FROM d)"), "sqlite")
+    'EXTRACT is not available in sqlite'
+    >>> blocker(sqlglot.parse_one("a + 1"), "sqlite") is None
+    True
+    """
+    if kind == "postgresql":
+        return None
+    for e in node.walk():
+        reason = _node_blocker(e, kind)
+        if reason:
+            return reason
+    return None
+
+
+def _name(e: exp.Expression) -> str:
+    if isinstance(e, exp.Anonymous):
+        return str(e.this).upper()
+    return e.key.upper() if not isinstance(e, exp.Func) else e.sql_name()
+
+
+def _node_blocker(e: exp.Expression, kind: str) -> str | None:
+    if isinstance(e, exp.Anonymous):
+        return f"function {_name(e)} is not known to fedlab for {kind}"
+    if isinstance(e, _NON_DETERMINISTIC):
+        return f"{_name(e)} is not deterministic across databases"
+    if isinstance(e, exp.Lateral | exp.Unnest | exp.Pivot):
+        return f"{e.key.upper()} is not pushed to {kind}"
+    if kind == "duckdb":
+        return None
+    if isinstance(e, exp.Stddev | exp.StddevPop | exp.StddevSamp | exp.Variance | exp.VariancePop):
+        return f"{_name(e)} differs in {kind}"
+    if isinstance(e, exp.Round):
+        return f"ROUND rounds halves differently in {kind}"
+    if isinstance(e, exp.Cast | exp.TryCast):
+        to = e.to
+        if to.this in exp.DataType.TEXT_TYPES and not _is_text(e.this):
+            return f"CAST to text formats numbers and dates differently in {kind}"
+        if kind == "sqlite":
+            if to.this in exp.DataType.TEMPORAL_TYPES and not (
+                isinstance(e.this, exp.Literal) and e.this.is_string
+            ):
+                return "SQLite has no DATE/TIMESTAMP type (dates are ISO text)"
+            if to.this in exp.DataType.INTEGER_TYPES and not e.this.type.is_type(
+                *exp.DataType.INTEGER_TYPES
+            ):
+                return "SQLite CAST to INTEGER truncates where PostgreSQL rounds"
+    if isinstance(e, exp.Join) and e.side == "FULL":
+        return f"FULL JOIN is not pushed to {kind}"
+    if kind == "sqlite":
+        if isinstance(e, _DATE_FUNCS):
+            return f"{_name(e)} is not available in sqlite"
+        if isinstance(e, exp.Upper | exp.Lower | exp.ILike | exp.RegexpLike):
+            return f"{_name(e)} in SQLite handles only ASCII / differs"
+        if isinstance(e, exp.Like) and not (
+            isinstance(e.expression, exp.Literal) and e.expression.is_string
+        ):
+            return "LIKE with a non-literal pattern: SQLite LIKE is case-insensitive"
+        if isinstance(e, exp.Escape):
+            return "LIKE … ESCAPE is not translated to SQLite GLOB"
+        if isinstance(e, exp.Join) and e.side == "RIGHT":
+            return "RIGHT JOIN is not pushed to sqlite"
+        if isinstance(e, exp.Add | exp.Sub) and (
+            e.this.type and e.this.type.this in exp.DataType.TEMPORAL_TYPES
+        ):
+            return "date arithmetic is not available in sqlite"
+        return None
+    if kind == "mysql":
+        if isinstance(e, exp.Window):
+            return "window functions are not pushed to MariaDB (collation and NULL order inside OVER)"
+        if isinstance(e, exp.ILike | exp.RegexpLike):
+            return f"{_name(e)} differs in MariaDB"
+        if isinstance(e, exp.Escape):
+            return "LIKE … ESCAPE is not pushed to MariaDB"
+        if isinstance(e, exp.Select) and e.args.get("distinct"):
+            if any(_is_text(p) or _is_unknown(p) for p in e.selects):
+                return "DISTINCT on text is case-insensitive in MariaDB"
+        if isinstance(e, exp.Min | exp.Max) and (_is_text(e.this) or _is_unknown(e.this)):
+            return f"{_name(e)} on text follows MariaDB's case-insensitive collation"
+        if isinstance(e, exp.Count) and isinstance(e.this, exp.Distinct):
+            if any(_is_text(x) or _is_unknown(x) for x in e.this.expressions):
+                return "COUNT(DISTINCT text) is case-insensitive in MariaDB"
+        if isinstance(e, exp.SetOperation) and e.args.get("distinct", True):
+            sel = e.selects if hasattr(e, "selects") else []
+            if any(_is_text(p) or _is_unknown(p) for p in sel):
+                return "UNION/INTERSECT/EXCEPT on text is case-insensitive in MariaDB"
+        if isinstance(e, exp.In) and e.args.get("query") is not None:
+            if _is_text(e.this) or _is_unknown(e.this):
+                return "IN (subquery) on text is case-insensitive in MariaDB"
+        if isinstance(e, _COMPARISONS + (exp.Like, exp.Between)):
+            if _is_unknown(e.this) or _is_unknown(e.expression or e.this):
+                return "comparison of an expression of unknown type (MariaDB collation)"
+        if isinstance(e, exp.Div) and not isinstance(e, exp.IntDiv):
+            if e.expression.type is not None and e.expression.type.is_type(
+                *exp.DataType.INTEGER_TYPES
+            ) and e.this.type is not None and e.this.type.is_type(*exp.DataType.INTEGER_TYPES):
+                return None
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------- rewrites
+def _binary(e: exp.Expression) -> exp.Expression:
+    return exp.Cast(this=e.copy(), to=_BINARY.copy())
+
+
+def safe_mysql_text(tree: exp.Expression) -> exp.Expression:
+    """MariaDB: make text comparisons, grouping and ordering exact (case and pad sensitive).
+
+    >>> import sqlglot
+    >>> from sqlglot.optimizer.annotate_types import annotate_types
+    >>> t = annotate_types(sqlglot.parse_one("SELECT 1 WHERE 'a' = 'b' AND 'x' < 'y'"))
+    >>> safe_mysql_text(t).sql("mysql")
+    "SELECT 1 WHERE ('a' = 'b' AND CAST('a' AS BINARY) = CAST('b' AS BINARY)) AND CAST('x' AS BINARY) < CAST('y' AS BINARY)"
+    """
+
+    def text_operands(node: exp.Expression) -> bool:
+        return any(_is_text(x) for x in (node.this, node.expression) if x is not None)
+
+    def rewrite(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.EQ) and text_operands(node):
+            exact = exp.EQ(this=_binary(node.this), expression=_binary(node.expression))
+            return exp.Paren(this=exp.and_(node.copy(), exact))
+        if isinstance(node, (exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)) and text_operands(node):
+            return type(node)(this=_binary(node.this), expression=_binary(node.expression))
+        if isinstance(node, exp.Like) and _is_text(node.this):
+            return exp.Like(this=_binary(node.this), expression=node.expression.copy())
+        if isinstance(node, exp.Between) and _is_text(node.this):
+            return exp.Between(
+                this=_binary(node.this), low=_binary(node.args["low"]), high=_binary(node.args["high"])
+            )
+        if (
+            isinstance(node, exp.In)
+            and _is_text(node.this)
+            and node.args.get("query") is None
+            and node.expressions
+        ):
+            exact = exp.In(this=_binary(node.this), expressions=[_binary(x) for x in node.expressions])
+            return exp.Paren(this=exp.and_(node.copy(), exact))
+        return node
+
+    tree = tree.transform(rewrite, copy=False)
+    for select in tree.find_all(exp.Select):
+        group = select.args.get("group")
+        if group is not None:
+            extra = [_binary(k) for k in group.expressions if _is_text(k)]
+            if extra:
+                group.set("expressions", list(group.expressions) + extra)
+        order = select.args.get("order")
+        if order is not None:
+            for o in order.expressions:
+                if _is_text(o.this):
+                    o.set("this", _binary(o.this))
+    return tree
+
+
+def like_to_glob(pattern: str) -> str:
+    r"""Translate a PostgreSQL LIKE pattern (``\`` escapes) into an exact SQLite GLOB pattern.
+
+    >>> like_to_glob("pa%")
+    'pa*'
+    >>> like_to_glob("a_b*c\\%")
+    'a?b[*]c%'
+    """
+    out, i = [], 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            out.append({"*": "[*]", "?": "[?]", "[": "[[]"}.get(nxt, nxt))
+            i += 2
+            continue
+        out.append({"%": "*", "_": "?", "*": "[*]", "?": "[?]", "[": "[[]"}.get(ch, ch))
+        i += 1
+    return "".join(out)
+
+
+def safe_sqlite_like(tree: exp.Expression) -> exp.Expression:
+    """SQLite: LIKE is case-insensitive for ASCII; GLOB is exact."""
+
+    def rewrite(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Like) and isinstance(node.expression, exp.Literal):
+            return exp.Glob(
+                this=node.this.copy(), expression=exp.Literal.string(like_to_glob(node.expression.this))
+            )
+        return node
+
+    return tree.transform(rewrite, copy=False)
+
+
+def to_source_sql(tree: exp.Expression, kind: str, *, pretty: bool = False) -> str:
+    """Apply the safe forms for ``kind`` to a copy of ``tree`` and emit it in its dialect."""
+    tree = tree.copy()
+    if kind == "mysql":
+        tree = safe_mysql_text(tree)
+    elif kind == "sqlite":
+        tree = safe_sqlite_like(tree)
+    return tree.sql(dialect=DIALECT[kind], pretty=pretty, identify=True)
