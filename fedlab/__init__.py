@@ -45,6 +45,7 @@ def __getattr__(name: str):
         return importlib.import_module(f"fedlab.{name}")
     raise AttributeError(f"module 'fedlab' has no attribute {name!r}")
 
+
 __version__ = "0.1.0"
 
 __all__ = [

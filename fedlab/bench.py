@@ -165,9 +165,7 @@ def parse_strategies(spec: str | None) -> list[str]:
         if not name:
             continue
         if name not in KNOWN_STRATEGIES:
-            raise ValueError(
-                f"unknown strategy {name!r} (known: {', '.join(KNOWN_STRATEGIES)})"
-            )
+            raise ValueError(f"unknown strategy {name!r} (known: {', '.join(KNOWN_STRATEGIES)})")
         if name not in out:
             out.append(name)
     if not out:
@@ -212,30 +210,62 @@ def build_parser() -> argparse.ArgumentParser:
             "answer matched the monolith's, 1 otherwise."
         ),
     )
-    p.add_argument("--sf", type=_argtype(_positive_float), default=0.1,
-                   help="TPC-H scale factor (default 0.1)")
-    p.add_argument("--queries", type=_argtype(parse_queries), default=list(ALL_QUERIES),
-                   help="queries to run, e.g. 1,3,5-7 (default: all 22)")
-    p.add_argument("--strategies", type=_argtype(parse_strategies),
-                   default=list(DEFAULT_STRATEGIES),
-                   help="fedlab strategies, comma-separated (default naive,pushdown)")
-    p.add_argument("--repeat", type=_argtype(_positive_int), default=1,
-                   help="runs per query and strategy; the median time is reported (default 1)")
-    p.add_argument("--server-pg", default="postgresql://postgres@127.0.0.1:5432/postgres",
-                   help="PostgreSQL server URL used to create the databases")
-    p.add_argument("--server-mysql", default="mysql://root@127.0.0.1:3306/",
-                   help="MariaDB/MySQL server URL used to create the database")
-    p.add_argument("--cache-dir", type=Path, default=Path(".cache/bench"),
-                   help="where generated Parquet and the SQLite file live (default .cache/bench)")
-    p.add_argument("--db-prefix", default="fedlab_bench",
-                   help="server database names: PREFIX_pg, PREFIX_my, PREFIX_mono "
-                        "(default fedlab_bench)")
-    p.add_argument("--reload", action="store_true",
-                   help="regenerate nothing, but reload every database even if it looks complete")
-    p.add_argument("--markdown", type=Path, metavar="PATH",
-                   help="also write the results as a Markdown section to PATH")
-    p.add_argument("--json", type=Path, metavar="PATH",
-                   help="also write machine-readable results to PATH")
+    p.add_argument(
+        "--sf", type=_argtype(_positive_float), default=0.1, help="TPC-H scale factor (default 0.1)"
+    )
+    p.add_argument(
+        "--queries",
+        type=_argtype(parse_queries),
+        default=list(ALL_QUERIES),
+        help="queries to run, e.g. 1,3,5-7 (default: all 22)",
+    )
+    p.add_argument(
+        "--strategies",
+        type=_argtype(parse_strategies),
+        default=list(DEFAULT_STRATEGIES),
+        help="fedlab strategies, comma-separated (default naive,pushdown)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=_argtype(_positive_int),
+        default=1,
+        help="runs per query and strategy; the median time is reported (default 1)",
+    )
+    p.add_argument(
+        "--server-pg",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="PostgreSQL server URL used to create the databases",
+    )
+    p.add_argument(
+        "--server-mysql",
+        default="mysql://root@127.0.0.1:3306/",
+        help="MariaDB/MySQL server URL used to create the database",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(".cache/bench"),
+        help="where generated Parquet and the SQLite file live (default .cache/bench)",
+    )
+    p.add_argument(
+        "--db-prefix",
+        default="fedlab_bench",
+        help="server database names: PREFIX_pg, PREFIX_my, PREFIX_mono (default fedlab_bench)",
+    )
+    p.add_argument(
+        "--reload",
+        action="store_true",
+        help="regenerate nothing, but reload every database even if it looks complete",
+    )
+    p.add_argument(
+        "--markdown",
+        type=Path,
+        metavar="PATH",
+        help="also write the results as a Markdown section to PATH",
+    )
+    p.add_argument(
+        "--json", type=Path, metavar="PATH", help="also write machine-readable results to PATH"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
@@ -289,9 +319,9 @@ def _duckdb_with_tpch() -> Any:
     return con
 
 
-def load_tpch(sf: float, data_dir: Path, *, log: Callable[[str], None] = print) -> tuple[
-    dict[str, pl.DataFrame], dict[int, str]
-]:
+def load_tpch(
+    sf: float, data_dir: Path, *, log: Callable[[str], None] = print
+) -> tuple[dict[str, pl.DataFrame], dict[int, str]]:
     """TPC-H tables and the 22 query texts at scale factor ``sf``, cached as Parquet.
 
     A complete cache (``COMPLETE`` marker present) is read back; otherwise DuckDB
@@ -314,7 +344,8 @@ def load_tpch(sf: float, data_dir: Path, *, log: Callable[[str], None] = print) 
         con.execute(f"CALL dbgen(sf={float(sf)!r})")
         tables = {t: con.sql(f"SELECT * FROM {t}").pl() for t in TABLES}
         queries = {
-            int(n): q for n, q in con.execute("SELECT query_nr, query FROM tpch_queries()").fetchall()
+            int(n): q
+            for n, q in con.execute("SELECT query_nr, query FROM tpch_queries()").fetchall()
         }
     finally:
         con.close()
@@ -408,14 +439,21 @@ def prepare_databases(
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     sqlite_path = cfg.data_dir / "sqlite.db"
     targets = [
-        Target("postgres", load.create_database(cfg.server_pg, f"{cfg.db_prefix}_pg"),
-               PLACEMENT["postgres"]),
-        Target("mariadb", load.create_database(cfg.server_mysql, f"{cfg.db_prefix}_my"),
-               PLACEMENT["mariadb"]),
+        Target(
+            "postgres",
+            load.create_database(cfg.server_pg, f"{cfg.db_prefix}_pg"),
+            PLACEMENT["postgres"],
+        ),
+        Target(
+            "mariadb",
+            load.create_database(cfg.server_mysql, f"{cfg.db_prefix}_my"),
+            PLACEMENT["mariadb"],
+        ),
         Target("sqlite", _sqlite_url(sqlite_path), PLACEMENT["sqlite"]),
     ]
-    monolith = Target(MONOLITH, load.create_database(cfg.server_pg, f"{cfg.db_prefix}_mono"),
-                      TABLES)
+    monolith = Target(
+        MONOLITH, load.create_database(cfg.server_pg, f"{cfg.db_prefix}_mono"), TABLES
+    )
     for target in [*targets, monolith]:
         expected = {t: data[t].height for t in target.tables}
         if not cfg.reload:
@@ -608,9 +646,9 @@ def _usable(r: dict[str, Any] | None) -> bool:
     )
 
 
-def summarize(results: pl.DataFrame, baseline: str = "naive", candidate: str = "pushdown") -> dict[
-    str, Any
-]:
+def summarize(
+    results: pl.DataFrame, baseline: str = "naive", candidate: str = "pushdown"
+) -> dict[str, Any]:
     """The headline numbers of a results frame (see :data:`RESULT_SCHEMA`).
 
     * ``correct`` / ``wrong`` / ``failed``: per strategy, how many queries gave the
@@ -631,12 +669,18 @@ def summarize(results: pl.DataFrame, baseline: str = "naive", candidate: str = "
     summary: dict[str, Any] = {
         "queries": len(queries),
         "strategies": strategies,
-        "correct": {s: sum(1 for q in queries if (by.get((q, s)) or {}).get("correct") is True)
-                    for s in strategies},
-        "wrong": {s: sum(1 for q in queries if (by.get((q, s)) or {}).get("correct") is False)
-                  for s in strategies},
-        "failed": {s: sum(1 for q in queries if (by.get((q, s)) or {}).get("error") is not None)
-                   for s in [MONOLITH, *strategies]},
+        "correct": {
+            s: sum(1 for q in queries if (by.get((q, s)) or {}).get("correct") is True)
+            for s in strategies
+        },
+        "wrong": {
+            s: sum(1 for q in queries if (by.get((q, s)) or {}).get("correct") is False)
+            for s in strategies
+        },
+        "failed": {
+            s: sum(1 for q in queries if (by.get((q, s)) or {}).get("error") is not None)
+            for s in [MONOLITH, *strategies]
+        },
         "total_seconds": {
             s: sum(by[(q, s)]["seconds"] for q in queries if _usable(by.get((q, s))))
             for s in [MONOLITH, *strategies]
@@ -751,20 +795,25 @@ def _problems(results: pl.DataFrame) -> list[tuple[str, str, str]]:
         if r["error"] is not None:
             out.append((f"Q{r['query']:02d}", r["strategy"], r["error"]))
         elif r["correct"] is False:
-            out.append((f"Q{r['query']:02d}", r["strategy"], "wrong answer: " + (r["detail"] or "")))
+            out.append(
+                (f"Q{r['query']:02d}", r["strategy"], "wrong answer: " + (r["detail"] or ""))
+            )
     return out
 
 
 def render_table(results: pl.DataFrame) -> str:
     """The per-query table as aligned plain text, followed by the failures."""
     cells = _table_cells(results)
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
-              for i, h in enumerate(_HEADERS)]
+    widths = [
+        max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
+        for i, h in enumerate(_HEADERS)
+    ]
     right = {3, 4, 5, 6}
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(
-            v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))
+            v.rjust(w) if i in right else v.ljust(w)
+            for i, (v, w) in enumerate(zip(values, widths, strict=True))
         ).rstrip()
 
     lines = [line(_HEADERS), line(["-" * w for w in widths])]
@@ -787,27 +836,36 @@ def _summary_items(summary: dict[str, Any]) -> list[tuple[str, str]]:
         if summary["failed"].get(s):
             extra.append(f"{summary['failed'][s]} failed")
         items.append(
-            (f"correct ({s})", f"{summary['correct'][s]}/{n}" + (f" ({', '.join(extra)})" if extra else ""))
+            (
+                f"correct ({s})",
+                f"{summary['correct'][s]}/{n}" + (f" ({', '.join(extra)})" if extra else ""),
+            )
         )
     if summary["speedup"] is not None:
         items.append(
-            (f"speedup {cand} over {base} (geometric mean)",
-             f"{_fmt_ratio(summary['speedup'])} over {summary['compared']} queries")
+            (
+                f"speedup {cand} over {base} (geometric mean)",
+                f"{_fmt_ratio(summary['speedup'])} over {summary['compared']} queries",
+            )
         )
     if summary["bytes_ratio"] is not None:
         moved = summary["bytes"]
         items.append(
-            (f"bytes moved {base} / {cand}",
-             f"{_fmt_ratio(summary['bytes_ratio'])} "
-             f"({_fmt_bytes(moved[base])} vs {_fmt_bytes(moved[cand])})")
+            (
+                f"bytes moved {base} / {cand}",
+                f"{_fmt_ratio(summary['bytes_ratio'])} "
+                f"({_fmt_bytes(moved[base])} vs {_fmt_bytes(moved[cand])})",
+            )
         )
     if summary["rows_ratio"] is not None:
         items.append((f"rows moved {base} / {cand}", _fmt_ratio(summary["rows_ratio"])))
     for s, v in summary["vs_monolith"].items():
         items.append(
-            (f"time {s} / monolith",
-             f"{_fmt_ratio(v['total_ratio'])} total, {_fmt_ratio(v['geomean_ratio'])} "
-             f"geometric mean, over {v['queries']} queries")
+            (
+                f"time {s} / monolith",
+                f"{_fmt_ratio(v['total_ratio'])} total, {_fmt_ratio(v['geomean_ratio'])} "
+                f"geometric mean, over {v['queries']} queries",
+            )
         )
     totals = ", ".join(f"{s} {t:.2f} s" for s, t in summary["total_seconds"].items())
     items.append(("total seconds (usable runs)", totals))
@@ -855,12 +913,16 @@ def render_markdown(results: pl.DataFrame, summary: dict[str, Any], meta: dict[s
         "| " + " | ".join(_HEADERS) + " |",
         "|---|---|---|--:|--:|--:|--:|",
     ]
-    out += ["| " + " | ".join(_md_escape(c) for c in cells) + " |" for cells in _table_cells(results)]
+    out += [
+        "| " + " | ".join(_md_escape(c) for c in cells) + " |" for cells in _table_cells(results)
+    ]
     problems = _problems(results)
     if problems:
         out += ["", "### Failures", ""]
-        out += [f"- **{q} {s}**: `{_md_escape(_shorten(msg, 400)).replace('`', "'")}`"
-                for q, s, msg in problems]
+        out += [
+            f"- **{q} {s}**: `{_md_escape(_shorten(msg, 400)).replace('`', "'")}`"
+            for q, s, msg in problems
+        ]
     return "\n".join(out) + "\n"
 
 
@@ -894,7 +956,9 @@ def _server_versions(targets: Sequence[Target]) -> dict[str, str]:
             con = Source.from_url("probe", t.url).connect()
             try:
                 cur = con.cursor()
-                query = "SELECT sqlite_version()" if t.url.startswith("sqlite") else "SELECT version()"
+                query = (
+                    "SELECT sqlite_version()" if t.url.startswith("sqlite") else "SELECT version()"
+                )
                 cur.execute(query)
                 version = str(cur.fetchone()[0])
             finally:

@@ -80,9 +80,12 @@ def load_config(path: str | Path) -> Config:
     for name, body in sources_table.items():
         where = f"{p.name}: [sources.{name}]: "
         if not isinstance(body, dict) or "url" not in body:
-            raise ConfigError(f"{where}missing url = \"...\"")
+            raise ConfigError(f'{where}missing url = "..."')
         body = dict(body)
         url = interpolate(str(body.pop("url")), where=where)
-        tags = {str(k): interpolate(str(v), where=where) for k, v in (body.pop("tags", {}) or {}).items()}
+        tags = {
+            str(k): interpolate(str(v), where=where)
+            for k, v in (body.pop("tags", {}) or {}).items()
+        }
         sources.append(SourceConfig(name, url, tags, body))
     return Config(p.resolve(), sources, dict(data.get("fedlab", {})))

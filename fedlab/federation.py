@@ -52,7 +52,9 @@ class Federation:
         fetch: Fetcher | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+            raise ConfigError(
+                f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}"
+            )
         self.dialect = dialect
         self.strategy = strategy
         self.max_workers = max_workers
@@ -66,7 +68,9 @@ class Federation:
     def from_config(cls, path: str | Path, **kwargs: Any) -> Federation:
         """Attach every source of a ``fedlab.toml`` file (``${ENV}`` interpolated)."""
         cfg = load_config(path)
-        settings = {k: v for k, v in cfg.settings.items() if k in ("strategy", "timeout", "max_workers")}
+        settings = {
+            k: v for k, v in cfg.settings.items() if k in ("strategy", "timeout", "max_workers")
+        }
         fed = cls(**{**settings, **kwargs})
         for s in cfg.sources:
             fed.attach(s.name, s.url, tags=s.tags, base_dir=cfg.path.parent, **s.options)
@@ -115,8 +119,15 @@ class Federation:
             }
             for s in self.catalog.sources.values()
         ]
-        schema = {"name": pl.String, "kind": pl.String, "dialect": pl.String, "url": pl.String,
-                  "tags": pl.String, "tls": pl.String, "tables": pl.Int64}
+        schema = {
+            "name": pl.String,
+            "kind": pl.String,
+            "dialect": pl.String,
+            "url": pl.String,
+            "tags": pl.String,
+            "tls": pl.String,
+            "tables": pl.Int64,
+        }
         return pl.DataFrame(rows, schema=schema)
 
     def tables(self) -> pl.DataFrame:
@@ -132,8 +143,13 @@ class Federation:
             for tables in self.catalog.tables.values()
             for t in tables.values()
         ]
-        schema = {"source": pl.String, "table": pl.String, "columns": pl.String,
-                  "primary_key": pl.String, "rows_estimate": pl.Int64}
+        schema = {
+            "source": pl.String,
+            "table": pl.String,
+            "columns": pl.String,
+            "primary_key": pl.String,
+            "rows_estimate": pl.Int64,
+        }
         return pl.DataFrame(rows, schema=schema)
 
     def health(self) -> pl.DataFrame:
@@ -144,18 +160,40 @@ class Federation:
                 latency, error = s.ping(), None
             except FedlabError as e:
                 latency, error = None, str(e)
-            rows.append({"source": s.name, "kind": s.kind, "up": error is None,
-                         "latency_ms": None if latency is None else latency * 1000,
-                         "breaker": "closed", "error": error})
-        schema = {"source": pl.String, "kind": pl.String, "up": pl.Boolean,
-                  "latency_ms": pl.Float64, "breaker": pl.String, "error": pl.String}
+            rows.append(
+                {
+                    "source": s.name,
+                    "kind": s.kind,
+                    "up": error is None,
+                    "latency_ms": None if latency is None else latency * 1000,
+                    "breaker": "closed",
+                    "error": error,
+                }
+            )
+        schema = {
+            "source": pl.String,
+            "kind": pl.String,
+            "up": pl.Boolean,
+            "latency_ms": pl.Float64,
+            "breaker": pl.String,
+            "error": pl.String,
+        }
         return pl.DataFrame(rows, schema=schema)
 
     def history(self) -> pl.DataFrame:
         """One row per executed query (this session)."""
-        schema = {"at": pl.Float64, "sql": pl.String, "strategy": pl.String, "ok": pl.Boolean,
-                  "seconds": pl.Float64, "fragments": pl.Int64, "sources": pl.String,
-                  "rows": pl.Int64, "bytes": pl.Int64, "error": pl.String}
+        schema = {
+            "at": pl.Float64,
+            "sql": pl.String,
+            "strategy": pl.String,
+            "ok": pl.Boolean,
+            "seconds": pl.Float64,
+            "fragments": pl.Int64,
+            "sources": pl.String,
+            "rows": pl.Int64,
+            "bytes": pl.Int64,
+            "error": pl.String,
+        }
         return pl.DataFrame(self._history, schema=schema)
 
     # ------------------------------------------------------------------ queries
@@ -180,9 +218,18 @@ class Federation:
         """Run one read-only query over the attached sources."""
         t0 = time.monotonic()
         strategy = strategy or self.strategy
-        entry: dict[str, Any] = {"at": time.time(), "sql": sql, "strategy": strategy, "ok": False,
-                                 "seconds": None, "fragments": None, "sources": None,
-                                 "rows": None, "bytes": None, "error": None}
+        entry: dict[str, Any] = {
+            "at": time.time(),
+            "sql": sql,
+            "strategy": strategy,
+            "ok": False,
+            "seconds": None,
+            "fragments": None,
+            "sources": None,
+            "rows": None,
+            "bytes": None,
+            "error": None,
+        }
         self._history.append(entry)
         try:
             plan = self.explain(sql, strategy=strategy, params=params)
@@ -200,8 +247,14 @@ class Federation:
             raise
         trace.planning_s = planning
         trace.total_s = time.monotonic() - t0
-        entry.update(ok=True, seconds=trace.total_s, fragments=len(plan.fragments),
-                     sources=", ".join(plan.sources), rows=trace.rows, bytes=trace.bytes)
+        entry.update(
+            ok=True,
+            seconds=trace.total_s,
+            fragments=len(plan.fragments),
+            sources=", ".join(plan.sources),
+            rows=trace.rows,
+            bytes=trace.bytes,
+        )
         return FederatedResult(df, plan, trace)
 
     def compare(
@@ -218,9 +271,18 @@ class Federation:
         rows = []
         for s, r in results.items():
             ok, why = same_result(r.df, first.df, ordered=r.plan.ordered)
-            rows.append({"strategy": s, "seconds": r.trace.total_s, "fragments": len(r.plan.fragments),
-                         "rows_moved": r.trace.rows, "bytes_moved": r.trace.bytes,
-                         "result_rows": r.df.height, "same_result": ok, "difference": why or None})
+            rows.append(
+                {
+                    "strategy": s,
+                    "seconds": r.trace.total_s,
+                    "fragments": len(r.plan.fragments),
+                    "rows_moved": r.trace.rows,
+                    "bytes_moved": r.trace.bytes,
+                    "result_rows": r.df.height,
+                    "same_result": ok,
+                    "difference": why or None,
+                }
+            )
         return Comparison(sql, results, pl.DataFrame(rows))
 
     # ------------------------------------------------------------------ display

@@ -81,8 +81,14 @@ class Trace:
                 "cache_hit": [e.cache_hit for e in self.entries],
                 "sql": [e.sql for e in self.entries],
             },
-            schema_overrides={"start_s": pl.Float64, "end_s": pl.Float64, "seconds": pl.Float64,
-                              "rows": pl.Int64, "bytes": pl.Int64, "retries": pl.Int64},
+            schema_overrides={
+                "start_s": pl.Float64,
+                "end_s": pl.Float64,
+                "seconds": pl.Float64,
+                "rows": pl.Int64,
+                "bytes": pl.Int64,
+                "retries": pl.Int64,
+            },
         )
 
     def summary(self) -> str:

@@ -14,6 +14,7 @@ def register_secret(secret: str) -> None:
     if secret and len(secret) >= 3:
         _SECRETS.add(secret)
 
+
 # scheme://user:password@host  ->  scheme://user:***@host
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*):(?P<pw>[^@\s]*)@")
 # password=...  /  pwd=... / token=... in query strings, DSNs and messages

@@ -195,7 +195,9 @@ class Source:
         if self.kind == "postgresql":
             stmts = ["SET default_transaction_read_only = on"]
             if self.options.statement_timeout:
-                stmts.append(f"SET statement_timeout = {int(self.options.statement_timeout * 1000)}")
+                stmts.append(
+                    f"SET statement_timeout = {int(self.options.statement_timeout * 1000)}"
+                )
             return stmts
         if self.kind == "mysql":
             # div_precision_increment: MariaDB keeps only 4 extra digits after a decimal

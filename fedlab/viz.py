@@ -15,7 +15,12 @@ if TYPE_CHECKING:
 
 __all__ = ["plot_comparison", "plot_trace", "plot_volume", "plot_waterfall"]
 
-_KIND_COLORS = {"postgresql": "#336791", "mysql": "#c0765a", "sqlite": "#4f9a94", "duckdb": "#d4a72c"}
+_KIND_COLORS = {
+    "postgresql": "#336791",
+    "mysql": "#c0765a",
+    "sqlite": "#4f9a94",
+    "duckdb": "#d4a72c",
+}
 
 
 def plot_waterfall(trace: Trace, ax: Axes | None = None) -> Axes:
@@ -26,10 +31,17 @@ def plot_waterfall(trace: Trace, ax: Axes | None = None) -> Axes:
         _, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * (len(trace.entries) + 1)))
     labels = []
     for i, e in enumerate(trace.entries):
-        ax.barh(i, max(e.seconds, 1e-5) * 1000, left=e.start * 1000, color=_KIND_COLORS.get(e.kind, "grey"))
+        ax.barh(
+            i,
+            max(e.seconds, 1e-5) * 1000,
+            left=e.start * 1000,
+            color=_KIND_COLORS.get(e.kind, "grey"),
+        )
         labels.append(f"{e.fragment} @ {e.source}")
     n = len(trace.entries)
-    ax.barh(n, max(trace.residual_s, 1e-5) * 1000, left=trace.residual_start * 1000, color="#888888")
+    ax.barh(
+        n, max(trace.residual_s, 1e-5) * 1000, left=trace.residual_start * 1000, color="#888888"
+    )
     labels.append("local (Polars)")
     ax.set_yticks(range(n + 1), labels)
     ax.invert_yaxis()
@@ -60,7 +72,9 @@ def plot_trace(trace: Trace, title: str = "", **kwargs: Any) -> Figure:
     """Waterfall and volume side by side."""
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=kwargs.get("figsize", (11, 0.8 + 0.45 * (len(trace.entries) + 1))))
+    fig, (a, b) = plt.subplots(
+        1, 2, figsize=kwargs.get("figsize", (11, 0.8 + 0.45 * (len(trace.entries) + 1)))
+    )
     plot_waterfall(trace, a)
     plot_volume(trace, b)
     if title:

@@ -100,7 +100,11 @@ def execute(
                 f"the local engine (Polars SQL) could not run the residual: {type(e).__name__}: {msg}\n"
                 f"  residual: {plan.residual_sql[:800]}"
             ) from None
-    if plan.output_columns and len(plan.output_columns) == df.width and len(set(plan.output_columns)) == df.width:
+    if (
+        plan.output_columns
+        and len(plan.output_columns) == df.width
+        and len(set(plan.output_columns)) == df.width
+    ):
         df = df.rename(dict(zip(df.columns, plan.output_columns, strict=True)))
     trace.residual_s = time.monotonic() - res_start
     trace.result_rows = df.height

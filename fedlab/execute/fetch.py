@@ -27,8 +27,8 @@ import pyarrow as pa
 from sqlglot import exp
 
 from fedlab.errors import FragmentError, QueryTimeoutError, SourceUnavailableError
-from fedlab.sql.plan import Fragment
 from fedlab.source import Source
+from fedlab.sql.plan import Fragment
 
 __all__ = ["FetchResult", "Fetcher", "coerce", "default_fetch", "polars_dtype"]
 
@@ -91,7 +91,11 @@ def coerce(df: pl.DataFrame, columns: list[tuple[str, exp.DataType]]) -> pl.Data
         elif isinstance(have, pl.Datetime) and want == pl.Date():
             exprs.append(col.dt.date())
         elif isinstance(have, pl.Datetime) and isinstance(want, pl.Datetime):
-            exprs.append(col.dt.replace_time_zone(None).dt.cast_time_unit("us") if have.time_zone else col.dt.cast_time_unit("us"))
+            exprs.append(
+                col.dt.replace_time_zone(None).dt.cast_time_unit("us")
+                if have.time_zone
+                else col.dt.cast_time_unit("us")
+            )
         else:
             exprs.append(col.cast(want, strict=False))
     if any(isinstance(d, pl.Decimal) for d in df.schema.values()):
@@ -108,7 +112,9 @@ def _probe(source: Source) -> None:
     if source.path is not None:
         return
     try:
-        socket.create_connection((source.host, source.port), timeout=source.options.connect_timeout).close()
+        socket.create_connection(
+            (source.host, source.port), timeout=source.options.connect_timeout
+        ).close()
     except OSError as e:
         raise SourceUnavailableError(f"source {source.describe()} is not reachable: {e}") from None
 
@@ -139,7 +145,9 @@ def _read_sqlite(fragment: Fragment, source: Source, deadline: float | None) -> 
             try:
                 s = pl.Series(name, values, strict=False)
             except Exception:
-                s = pl.Series(name, [None if v is None else str(v) for v in values], dtype=pl.String)
+                s = pl.Series(
+                    name, [None if v is None else str(v) for v in values], dtype=pl.String
+                )
         else:
             s = pl.Series(name, values, dtype=want, strict=False)
         series.append(s)
@@ -197,13 +205,21 @@ _READERS = {
     "mysql": _read_connectorx,
 }
 
-_TYPE_PROBLEMS = ("not implemented", "unsupported", "not supported", "cannot convert", "no conversion")
+_TYPE_PROBLEMS = (
+    "not implemented",
+    "unsupported",
+    "not supported",
+    "cannot convert",
+    "no conversion",
+)
 
 
 def default_fetch(fragment: Fragment, source: Source, deadline: float | None = None) -> FetchResult:
     """Read one fragment with the best reader for its source; type it as declared."""
     if deadline is not None and time.monotonic() > deadline:
-        raise QueryTimeoutError(f"fragment {fragment.id} on {source.name}: deadline passed before it started")
+        raise QueryTimeoutError(
+            f"fragment {fragment.id} on {source.name}: deadline passed before it started"
+        )
     reader = _READERS[source.kind]
     try:
         try:
@@ -218,7 +234,9 @@ def default_fetch(fragment: Fragment, source: Source, deadline: float | None = N
         raise
     except Exception as e:
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if any(w in text.lower() for w in ("statement timeout", "max_statement_time", "interrupted")):
+        if any(
+            w in text.lower() for w in ("statement timeout", "max_statement_time", "interrupted")
+        ):
             raise QueryTimeoutError(
                 f"fragment {fragment.id} on source {source.name} ({source.kind}) timed out: {text}"
             ) from None

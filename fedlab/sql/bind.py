@@ -172,9 +172,7 @@ def _column_error(e: OptimizeError, tree: exp.Expression, catalog: Catalog) -> E
         if "fedlab_table" in t.meta
     ]
     tables = [info for info, _ in refs]
-    having = sorted(
-        {f"{i.source}.{i.name} AS {a}" for i, a in refs if i.column(col) is not None}
-    )
+    having = sorted({f"{i.source}.{i.name} AS {a}" for i, a in refs if i.column(col) is not None})
     if len(having) > 1:
         return AmbiguousColumnError(
             f"column {col!r} is ambiguous{where}: it is in {', '.join(having)}; "
@@ -244,6 +242,8 @@ def bind(tree: exp.Query, catalog: Catalog) -> BoundQuery:
     annotate_types(tree, schema=_schema(catalog), dialect="postgres")
     _explicit_int_division(tree)
     aliases = {
-        t.alias: t.meta["fedlab_table"] for t in tree.find_all(exp.Table) if t.meta.get("fedlab_table")
+        t.alias: t.meta["fedlab_table"]
+        for t in tree.find_all(exp.Table)
+        if t.meta.get("fedlab_table")
     }
     return BoundQuery(tree, aliases, ordered=bool(tree.args.get("order")))

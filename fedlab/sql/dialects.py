@@ -62,7 +62,9 @@ _DATE_FUNCS = tuple(
     if hasattr(exp, n)
 )
 _NON_DETERMINISTIC = tuple(
-    getattr(exp, n) for n in ("Rand", "Random", "CurrentTimestamp", "CurrentDate", "Uuid") if hasattr(exp, n)
+    getattr(exp, n)
+    for n in ("Rand", "Random", "CurrentTimestamp", "CurrentDate", "Uuid")
+    if hasattr(exp, n)
 )
 
 
@@ -154,7 +156,9 @@ def _node_blocker(e: exp.Expression, kind: str) -> str | None:
         return None
     if kind == "mysql":
         if isinstance(e, exp.Window):
-            return "window functions are not pushed to MariaDB (collation and NULL order inside OVER)"
+            return (
+                "window functions are not pushed to MariaDB (collation and NULL order inside OVER)"
+            )
         if isinstance(e, exp.ILike | exp.RegexpLike):
             return f"{_name(e)} differs in MariaDB"
         if isinstance(e, exp.Escape):
@@ -178,9 +182,12 @@ def _node_blocker(e: exp.Expression, kind: str) -> str | None:
             if _is_unknown(e.this) or _is_unknown(e.expression or e.this):
                 return "comparison of an expression of unknown type (MariaDB collation)"
         if isinstance(e, exp.Div) and not isinstance(e, exp.IntDiv):
-            if e.expression.type is not None and e.expression.type.is_type(
-                *exp.DataType.INTEGER_TYPES
-            ) and e.this.type is not None and e.this.type.is_type(*exp.DataType.INTEGER_TYPES):
+            if (
+                e.expression.type is not None
+                and e.expression.type.is_type(*exp.DataType.INTEGER_TYPES)
+                and e.this.type is not None
+                and e.this.type.is_type(*exp.DataType.INTEGER_TYPES)
+            ):
                 return None
         return None
     return None
@@ -214,7 +221,9 @@ def safe_mysql_text(tree: exp.Expression) -> exp.Expression:
             return exp.Like(this=_binary(node.this), expression=node.expression.copy())
         if isinstance(node, exp.Between) and _is_text(node.this):
             return exp.Between(
-                this=_binary(node.this), low=_binary(node.args["low"]), high=_binary(node.args["high"])
+                this=_binary(node.this),
+                low=_binary(node.args["low"]),
+                high=_binary(node.args["high"]),
             )
         if (
             isinstance(node, exp.In)
@@ -222,7 +231,9 @@ def safe_mysql_text(tree: exp.Expression) -> exp.Expression:
             and node.args.get("query") is None
             and node.expressions
         ):
-            exact = exp.In(this=_binary(node.this), expressions=[_binary(x) for x in node.expressions])
+            exact = exp.In(
+                this=_binary(node.this), expressions=[_binary(x) for x in node.expressions]
+            )
             return exp.Paren(this=exp.and_(node.copy(), exact))
         return node
 
@@ -268,7 +279,8 @@ def safe_sqlite_like(tree: exp.Expression) -> exp.Expression:
     def rewrite(node: exp.Expression) -> exp.Expression:
         if isinstance(node, exp.Like) and isinstance(node.expression, exp.Literal):
             return exp.Glob(
-                this=node.this.copy(), expression=exp.Literal.string(like_to_glob(node.expression.this))
+                this=node.this.copy(),
+                expression=exp.Literal.string(like_to_glob(node.expression.this)),
             )
         return node
 

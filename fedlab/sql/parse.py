@@ -22,9 +22,30 @@ __all__ = ["literal", "parse_query"]
 #: statements fedlab reads; everything else is refused before any source is touched
 _QUERY_TYPES = (exp.Select, exp.SetOperation, exp.Subquery, exp.Values)
 _WRITE_NODES = (
-    "Insert", "Update", "Delete", "Create", "Drop", "Merge", "Into", "Alter", "Command",
-    "TruncateTable", "Set", "Use", "Transaction", "Commit", "Rollback", "Grant", "Copy",
-    "Pragma", "Analyze", "Attach", "Detach", "Cache", "Uncache", "LoadData",
+    "Insert",
+    "Update",
+    "Delete",
+    "Create",
+    "Drop",
+    "Merge",
+    "Into",
+    "Alter",
+    "Command",
+    "TruncateTable",
+    "Set",
+    "Use",
+    "Transaction",
+    "Commit",
+    "Rollback",
+    "Grant",
+    "Copy",
+    "Pragma",
+    "Analyze",
+    "Attach",
+    "Detach",
+    "Cache",
+    "Uncache",
+    "LoadData",
 )
 
 
@@ -72,7 +93,9 @@ def parse_query(
             "(use fed.transaction() to change data)"
         )
     if tree.find(exp.Lock):
-        raise NotAQueryError("SELECT ... FOR UPDATE/SHARE takes locks; fedlab queries are read-only")
+        raise NotAQueryError(
+            "SELECT ... FOR UPDATE/SHARE takes locks; fedlab queries are read-only"
+        )
     if isinstance(tree, exp.Subquery):
         tree = tree.unnest()
     return _bind_params(tree, params or {})

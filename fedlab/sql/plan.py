@@ -70,9 +70,13 @@ class Plan:
         return self.residual.sql(dialect=dialect, pretty=pretty)
 
     def __str__(self) -> str:
-        lines = [f"Plan [{self.strategy}]  {len(self.fragments)} fragment(s) on {len(self.sources)} source(s)"]
+        lines = [
+            f"Plan [{self.strategy}]  {len(self.fragments)} fragment(s) on {len(self.sources)} source(s)"
+        ]
         if self.residual is None:
-            lines.append("├─ result = fragment " + (self.fragments[0].id if self.fragments else "?"))
+            lines.append(
+                "├─ result = fragment " + (self.fragments[0].id if self.fragments else "?")
+            )
         else:
             lines.append("├─ local residual (Polars):")
             for ln in self.residual_text().splitlines():
@@ -92,7 +96,9 @@ class Plan:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"<Plan {self.strategy}: {len(self.fragments)} fragments on {', '.join(self.sources)}>"
+        return (
+            f"<Plan {self.strategy}: {len(self.fragments)} fragments on {', '.join(self.sources)}>"
+        )
 
     def _repr_html_(self) -> str:
         rows = "".join(

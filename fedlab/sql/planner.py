@@ -138,7 +138,11 @@ class _Planner:
             cols = [("__row", exp.DataType.build("BIGINT"))]
         if filters:
             select = select.where(exp.and_(*[f.copy() for f in filters]))
-        pushed = ["whole table"] if whole else [f"projection ({len(names)} of {len(info.columns)} columns)"]
+        pushed = (
+            ["whole table"]
+            if whole
+            else [f"projection ({len(names)} of {len(info.columns)} columns)"]
+        )
         pushed += [f"filter {f.sql(dialect='postgres')}" for f in filters]
         return self._fragment(info.source, select, cols, role="table", tables=[info], pushed=pushed)
 
@@ -184,7 +188,10 @@ class _Planner:
         if len(set(names)) != len(names) or any(not n or n == "*" for n in names):
             names = [f"_col_{i}" for i in range(len(node.selects))]
             node = _rename_outputs(node, names)
-        cols = [(n, s.type or exp.DataType.build("UNKNOWN")) for n, s in zip(names, node.selects, strict=True)]
+        cols = [
+            (n, s.type or exp.DataType.build("UNKNOWN"))
+            for n, s in zip(names, node.selects, strict=True)
+        ]
         pushed = ["whole query" if role == "query" else "whole subquery"]
         frag = self._fragment(source, node, cols, role=role, tables=tables, pushed=pushed)
         return exp.select("*").from_(exp.to_table(frag.id))
@@ -274,9 +281,11 @@ class _Planner:
 
         filters: dict[str, list[exp.Expression]] = {a: [] for a in by_alias}
         removed: list[exp.Expression] = []
-        for c, origin_join in [(c, None) for c in where_conj] + [(c, j) for j, c in inner_on] + [
-            (c, j) for j, c in left_on
-        ]:
+        for c, origin_join in (
+            [(c, None) for c in where_conj]
+            + [(c, j) for j, c in inner_on]
+            + [(c, j) for j, c in left_on]
+        ):
             refs = rules.aliases_of(c)
             if len(refs) != 1 or not usable(c):
                 continue
@@ -315,7 +324,9 @@ class _Planner:
                     if len(refs) >= 2 and refs <= set(aliases) and usable(c):
                         reason = blocker(c, kind)
                         if reason:
-                            self.notes.append(f"join condition {c.sql(dialect='postgres')} kept local: {reason}")
+                            self.notes.append(
+                                f"join condition {c.sql(dialect='postgres')} kept local: {reason}"
+                            )
                             continue
                         edges.append((refs, c))
                 for group in rules.connected_groups(aliases, [e for e, _ in edges]):
@@ -422,7 +433,11 @@ def _is_select_star_from(select: exp.Select, frame: str) -> bool:
 
 
 def _single_frame(q: exp.Query) -> str | None:
-    if isinstance(q, exp.Select) and q.args.get("from_") and _is_select_star_from(q, q.args["from_"].this.name):
+    if (
+        isinstance(q, exp.Select)
+        and q.args.get("from_")
+        and _is_select_star_from(q, q.args["from_"].this.name)
+    ):
         return q.args["from_"].this.name
     return None
 
@@ -482,7 +497,11 @@ def _remove_conjunct(c: exp.Expression) -> None:
 
 
 def _equi_sides(c: exp.Expression) -> tuple[str, str] | None:
-    if isinstance(c, exp.EQ) and isinstance(c.this, exp.Column) and isinstance(c.expression, exp.Column):
+    if (
+        isinstance(c, exp.EQ)
+        and isinstance(c.this, exp.Column)
+        and isinstance(c.expression, exp.Column)
+    ):
         if c.this.table and c.expression.table and c.this.table != c.expression.table:
             return c.this.table, c.expression.table
     return None

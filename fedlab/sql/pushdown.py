@@ -56,9 +56,7 @@ def aliases_of(e: exp.Expression) -> set[str]:
 
 
 def has_subquery(e: exp.Expression) -> bool:
-    return any(isinstance(x, exp.Query) for x in e.walk() if x is not e) or isinstance(
-        e, exp.Query
-    )
+    return any(isinstance(x, exp.Query) for x in e.walk() if x is not e) or isinstance(e, exp.Query)
 
 
 def has_aggregate_or_window(e: exp.Expression) -> bool:
