@@ -100,6 +100,8 @@ def execute(
                 f"the local engine (Polars SQL) could not run the residual: {type(e).__name__}: {msg}\n"
                 f"  residual: {plan.residual_sql[:800]}"
             ) from None
+    if plan.output_columns and df.width > len(plan.output_columns):
+        df = df[:, : len(plan.output_columns)]  # hidden ORDER BY keys of the residual
     if (
         plan.output_columns
         and len(plan.output_columns) == df.width

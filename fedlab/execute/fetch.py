@@ -160,7 +160,7 @@ def _read_duckdb(fragment: Fragment, source: Source, deadline: float | None) -> 
 
     con = duckdb.connect(str(source.path), read_only=True)
     try:
-        table = con.execute(fragment.sql).fetch_arrow_table()
+        table = con.execute(fragment.sql).to_arrow_table()
     finally:
         con.close()
     return FetchResult(pl.from_arrow(table), table.nbytes, "duckdb")

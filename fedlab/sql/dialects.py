@@ -194,6 +194,13 @@ def _node_blocker(e: exp.Expression, kind: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- rewrites
+def _keep_negate(old: exp.Expression, new: exp.Expression) -> exp.Expression:
+    """sqlglot stores ``x NOT LIKE y`` as ``Like(negate=True)``: keep the NOT in a rewrite."""
+    if old.args.get("negate"):
+        return exp.Not(this=exp.Paren(this=new))
+    return new
+
+
 def _binary(e: exp.Expression) -> exp.Expression:
     return exp.Cast(this=e.copy(), to=_BINARY.copy())
 
@@ -218,7 +225,9 @@ def safe_mysql_text(tree: exp.Expression) -> exp.Expression:
         if isinstance(node, (exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)) and text_operands(node):
             return type(node)(this=_binary(node.this), expression=_binary(node.expression))
         if isinstance(node, exp.Like) and _is_text(node.this):
-            return exp.Like(this=_binary(node.this), expression=node.expression.copy())
+            return _keep_negate(
+                node, exp.Like(this=_binary(node.this), expression=node.expression.copy())
+            )
         if isinstance(node, exp.Between) and _is_text(node.this):
             return exp.Between(
                 this=_binary(node.this),
@@ -278,10 +287,29 @@ def safe_sqlite_like(tree: exp.Expression) -> exp.Expression:
 
     def rewrite(node: exp.Expression) -> exp.Expression:
         if isinstance(node, exp.Like) and isinstance(node.expression, exp.Literal):
-            return exp.Glob(
-                this=node.this.copy(),
-                expression=exp.Literal.string(like_to_glob(node.expression.this)),
+            return _keep_negate(
+                node,
+                exp.Glob(
+                    this=node.this.copy(),
+                    expression=exp.Literal.string(like_to_glob(node.expression.this)),
+                ),
             )
+        return node
+
+    return tree.transform(rewrite, copy=False)
+
+
+def safe_duckdb_like(tree: exp.Expression) -> exp.Expression:
+    """DuckDB: LIKE has no escape character unless one is declared; PostgreSQL's is ``\\``."""
+
+    def rewrite(node: exp.Expression) -> exp.Expression:
+        if (
+            isinstance(node, exp.Like | exp.ILike)
+            and not isinstance(node.parent, exp.Escape)
+            and isinstance(node.expression, exp.Literal)
+            and "\\" in node.expression.this
+        ):
+            return exp.Escape(this=node.copy(), expression=exp.Literal.string("\\"))
         return node
 
     return tree.transform(rewrite, copy=False)
@@ -294,4 +322,6 @@ def to_source_sql(tree: exp.Expression, kind: str, *, pretty: bool = False) -> s
         tree = safe_mysql_text(tree)
     elif kind == "sqlite":
         tree = safe_sqlite_like(tree)
+    elif kind == "duckdb":
+        tree = safe_duckdb_like(tree)
     return tree.sql(dialect=DIALECT[kind], pretty=pretty, identify=True)

@@ -197,7 +197,7 @@ class _Planner:
         return exp.select("*").from_(exp.to_table(frag.id))
 
     def _push_ctes(self, node: exp.Query) -> None:
-        with_ = node.args.get("with")
+        with_ = node.args.get("with_")
         if with_ is None:
             return
         for cte in with_.expressions:

@@ -22,6 +22,36 @@ class PolarsSQL(Postgres):
             exp.IntDiv: lambda self, e: f"({self.sql(e, 'this')} // {self.sql(e, 'expression')})",
         }
 
+        def like_sql(self, expression: exp.Like) -> str:
+            regex = _like_regex(expression.expression, "\\")
+            if regex is None:
+                return super().like_sql(expression)
+            return _neg(
+                expression,
+                f"({self.sql(expression, 'this')} ~ {self.sql(exp.Literal.string(regex))})",
+            )
+
+        def ilike_sql(self, expression: exp.ILike) -> str:
+            regex = _like_regex(expression.expression, "\\")
+            if regex is None:
+                return super().ilike_sql(expression)
+            return _neg(
+                expression,
+                f"({self.sql(expression, 'this')} ~ {self.sql(exp.Literal.string('(?i)' + regex))})",
+            )
+
+        def escape_sql(self, expression: exp.Escape) -> str:
+            inner, esc = expression.this, expression.expression
+            if isinstance(inner, exp.Like | exp.ILike) and isinstance(esc, exp.Literal):
+                regex = _like_regex(inner.expression, esc.name)
+                if regex is not None:
+                    flag = "(?i)" if isinstance(inner, exp.ILike) else ""
+                    return _neg(
+                        inner,
+                        f"({self.sql(inner, 'this')} ~ {self.sql(exp.Literal.string(flag + regex))})",
+                    )
+            return super().escape_sql(expression)
+
         def interval_sql(self, expression: exp.Interval) -> str:
             unit = expression.unit.name if expression.unit else ""
             value = expression.this
@@ -30,6 +60,103 @@ class PolarsSQL(Postgres):
             return super().interval_sql(expression)
 
 
+def _neg(node: exp.Expression, sql: str) -> str:
+    return f"(NOT {sql})" if node.args.get("negate") else sql
+
+
+_REGEX_META = set("\\.+*?()|[]{}^$")
+
+
+def _like_regex(pattern: exp.Expression, escape: str) -> str | None:
+    """A LIKE pattern literal as an anchored regex (Polars' LIKE knows no escapes).
+
+    >>> _like_regex(exp.Literal.string("a\\_b%"), "\\")
+    '(?s)^a_b.*$'
+    """
+    if not (isinstance(pattern, exp.Literal) and pattern.is_string):
+        return None
+    text, out, i = pattern.this, [], 0
+    while i < len(text):
+        ch = text[i]
+        if escape and ch == escape and i + 1 < len(text):
+            i += 1
+            lit = text[i]
+            out.append("\\" + lit if lit in _REGEX_META else lit)
+        elif ch == "%":
+            out.append(".*")
+        elif ch == "_":
+            out.append(".")
+        else:
+            out.append("\\" + ch if ch in _REGEX_META else ch)
+        i += 1
+    return "(?s)^" + "".join(out) + "$"
+
+
+HIDDEN_PREFIX = "__fl_order_"
+
+
+def _order_by_outputs(select: exp.Select, *, allow_hidden: bool) -> None:
+    """Polars resolves ORDER BY names against the *output* columns, ignoring qualifiers
+    (``ORDER BY o.id`` picks an output column ``id`` that may be ``p.id``). Point every
+    ORDER BY key at an output column: the projection it equals, else (outermost query
+    only) a hidden projection that the executor drops."""
+    order = select.args.get("order")
+    if order is None:
+        return
+    outputs = {s.alias_or_name for s in select.selects}
+    for i, o in enumerate(order.expressions):
+        key = o.this
+        if isinstance(key, exp.Literal):  # ordinal
+            continue
+        match = next(
+            (s for s in select.selects if isinstance(s, exp.Alias) and s.this == key), None
+        )
+        if match is not None:
+            o.set("this", exp.column(match.alias, quoted=True))
+            continue
+        if isinstance(key, exp.Column) and not key.table and key.name in outputs:
+            continue  # already an output name
+        if isinstance(key, exp.Column) and key.name not in outputs:
+            continue  # no output column it could be confused with
+        if allow_hidden and not select.args.get("distinct"):
+            name = f"{HIDDEN_PREFIX}{i}"
+            select.select(exp.alias_(key.copy(), name, quoted=True), copy=False)
+            o.set("this", exp.column(name, quoted=True))
+
+
+def _round_half_away(x: exp.Expression) -> exp.Expression:
+    return exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.LT(this=x.copy(), expression=exp.Literal.number(0)),
+                true=exp.Ceil(this=exp.Sub(this=x.copy(), expression=exp.Literal.number(0.5))),
+            )
+        ],
+        default=exp.Floor(this=exp.Add(this=x.copy(), expression=exp.Literal.number(0.5))),
+    )
+
+
+def _cast_rounds(node: exp.Expression) -> exp.Expression:
+    """PostgreSQL rounds (half away from zero) a numeric cast to an integer; Polars truncates."""
+    if (
+        isinstance(node, exp.Cast)
+        and node.to.is_type(*exp.DataType.INTEGER_TYPES)
+        and node.this.type is not None
+        and node.this.type.is_type(*exp.DataType.REAL_TYPES)
+    ):
+        node.set("this", _round_half_away(node.this))
+    return node
+
+
+def prepare(tree: exp.Expression) -> exp.Expression:
+    """A copy of the engine-neutral residual adjusted to Polars' semantics."""
+    tree = tree.copy()
+    tree = tree.transform(_cast_rounds, copy=False)
+    for select in tree.find_all(exp.Select):
+        _order_by_outputs(select, allow_hidden=select is tree)
+    return tree
+
+
 def residual_sql(tree: exp.Expression, *, pretty: bool = False) -> str:
     """The residual as Polars SQL text."""
-    return tree.sql(dialect=PolarsSQL, pretty=pretty, identify=True)
+    return prepare(tree).sql(dialect=PolarsSQL, pretty=pretty, identify=True)

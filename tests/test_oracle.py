@@ -1,0 +1,149 @@
+"""The monolith oracle: every federated answer equals one PostgreSQL database's answer.
+
+One suite over all placements (as ibis runs one suite over all backends): the four trap
+tables of ``oracle_data`` rotate over SQLite, PostgreSQL and MariaDB so that every query
+runs with each table on each engine, plus placements with everything on one engine
+(DuckDB included). Each query runs under each strategy and is compared, by the equality
+rule, with the same SQL run directly (psycopg, not fedlab) on a PostgreSQL database
+holding all four tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import polars as pl
+import pytest
+import sqlglot
+from sqlglot import exp
+
+import fedlab as fl
+from fedlab.load import write_tables
+from tests.oracle_data import PRIMARY_KEYS, frames
+
+pytestmark = pytest.mark.servers
+
+QUERIES_FILE = Path(__file__).parent / "fixtures" / "oracle_queries.sql"
+TABLES = ("users", "orders", "products", "inventory")
+KINDS = ("sqlite", "postgresql", "mysql")
+PARAMS = {"c": "US", "d": dt.date(2021, 1, 1)}
+PARAM_LITERALS = {"c": "'US'", "d": "DATE '2021-01-01'"}
+STRATEGIES = ("naive", "pushdown")
+
+
+def load_queries() -> dict[str, str]:
+    text = QUERIES_FILE.read_text()
+    out: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.M)[1:]:
+        name, _, body = block.partition("\n")
+        out[name.strip()] = body.strip().rstrip(";")
+    return out
+
+
+QUERIES = load_queries()
+
+# placement name -> {table: kind}
+PLACEMENTS: dict[str, dict[str, str]] = {
+    **{
+        f"rot{r}": {t: KINDS[(i + r) % len(KINDS)] for i, t in enumerate(TABLES)}
+        for r in range(len(KINDS))
+    },
+    **{f"all_{k}": dict.fromkeys(TABLES, k) for k in (*KINDS, "duckdb")},
+}
+
+
+def is_ordered(sql: str) -> bool:
+    tree = sqlglot.parse_one(sql, read="postgres")
+    return isinstance(tree, exp.Query) and tree.args.get("order") is not None
+
+
+def test_suite_shape() -> None:
+    # the issue asks for at least 40 queries, and every trap table on every engine
+    assert len(QUERIES) >= 40
+    for t in TABLES:
+        assert {PLACEMENTS[f"rot{r}"][t] for r in range(3)} == set(KINDS)
+
+
+@pytest.fixture(scope="session")
+def data() -> dict[str, pl.DataFrame]:
+    return frames()
+
+
+@pytest.fixture(scope="session")
+def monolith(pg_database, data) -> str:
+    url = pg_database("fedlab_mono")
+    write_tables(url, data, primary_keys=PRIMARY_KEYS)
+    return url
+
+
+@pytest.fixture(scope="session")
+def reference(monolith):
+    """The monolith's answer to each query, read with psycopg (independent of fedlab)."""
+    import psycopg
+
+    cache: dict[str, pl.DataFrame] = {}
+    con = psycopg.connect(monolith.replace("postgresql://", "postgresql://", 1), autocommit=True)
+
+    def answer(name: str) -> pl.DataFrame:
+        if name not in cache:
+            sql = QUERIES[name]
+            for k, v in PARAM_LITERALS.items():
+                sql = sql.replace(f":{k}", v)
+            cur = con.execute(sql)
+            cols = [d.name for d in cur.description]
+            rows = cur.fetchall()
+            cache[name] = pl.DataFrame(
+                [list(r) for r in zip(*rows, strict=True)] if rows else [[] for _ in cols],
+                schema=cols,
+                orient="col",
+                strict=False,
+                infer_schema_length=None,
+            )
+        return cache[name]
+
+    yield answer
+    con.close()
+
+
+@pytest.fixture(scope="session")
+def federations(pg_database, mariadb_database, data, tmp_path_factory):
+    built: dict[str, fl.Federation] = {}
+    root = tmp_path_factory.mktemp("placements")
+
+    def get(placement: str) -> fl.Federation:
+        if placement in built:
+            return built[placement]
+        fed = fl.Federation()
+        by_kind: dict[str, list[str]] = {}
+        for t, kind in PLACEMENTS[placement].items():
+            by_kind.setdefault(kind, []).append(t)
+        for kind, tables in by_kind.items():
+            if kind == "postgresql":
+                url = pg_database("fedlab_or")
+            elif kind == "mysql":
+                url = mariadb_database("fedlab_or")
+            else:
+                url = f"{kind}:///{root / f'{placement}.{kind}'}"
+            write_tables(url, {t: data[t] for t in tables}, primary_keys=PRIMARY_KEYS)
+            fed.attach(
+                {"sqlite": "lite", "postgresql": "pg", "mysql": "my", "duckdb": "duck"}[kind], url
+            )
+        built[placement] = fed
+        return fed
+
+    return get
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("placement", list(PLACEMENTS))
+@pytest.mark.parametrize("name", list(QUERIES))
+def test_oracle(name: str, placement: str, strategy: str, federations, reference) -> None:
+    fed = federations(placement)
+    sql = QUERIES[name]
+    params = {k: v for k, v in PARAMS.items() if f":{k}" in sql} or None
+    got = fed.sql(sql, params=params, strategy=strategy)
+    expected = reference(name)
+    ok, why = fl.testing.same_result(got.df, expected, ordered=is_ordered(sql))
+    assert ok, f"{name} on {placement} under {strategy}:\n{why}\n\nplan:\n{got.plan}"
