@@ -296,6 +296,12 @@ class Catalog:
         self.tables[source.name] = {t.name: t for t in tables}
         self.read_at[source.name] = time.time()
 
+    def add_static(self, source: Source, tables: list[TableInfo]) -> None:
+        """Register a source with a known schema, without connecting (planner tests, docs)."""
+        self.sources[source.name] = source
+        self.tables[source.name] = {t.name: t for t in tables}
+        self.read_at[source.name] = time.time()
+
     def remove(self, name: str) -> None:
         self.sources.pop(name, None)
         self.tables.pop(name, None)

@@ -27,6 +27,7 @@ DuckDB /       integer ``/`` integer as ``//``
 
 from __future__ import annotations
 
+import sqlglot
 from sqlglot import exp
 
 __all__ = ["blocker", "like_to_glob", "safe_mysql_text", "safe_sqlite_like", "to_source_sql"]
@@ -130,13 +131,19 @@ def _node_blocker(e: exp.Expression, kind: str) -> str | None:
                 isinstance(e.this, exp.Literal) and e.this.is_string
             ):
                 return "SQLite has no DATE/TIMESTAMP type (dates are ISO text)"
-            if to.this in exp.DataType.INTEGER_TYPES and not e.this.type.is_type(
-                *exp.DataType.INTEGER_TYPES
+            if (
+                to.this in exp.DataType.INTEGER_TYPES
+                and not e.this.type.is_type(*exp.DataType.INTEGER_TYPES)
+                and not e.this.type.is_type(*exp.DataType.REAL_TYPES)
             ):
-                return "SQLite CAST to INTEGER truncates where PostgreSQL rounds"
+                return "SQLite CAST of a non-number to INTEGER accepts what PostgreSQL rejects"
     if isinstance(e, exp.Join) and e.side == "FULL":
         return f"FULL JOIN is not pushed to {kind}"
     if kind == "sqlite":
+        if isinstance(e, exp.Extract) and _sqlite_extract(e) is not None:
+            return None
+        if isinstance(e, exp.Var) and isinstance(e.parent, exp.Extract):
+            return None
         if isinstance(e, _DATE_FUNCS):
             return f"{_name(e)} is not available in sqlite"
         if isinstance(e, exp.Upper | exp.Lower | exp.ILike | exp.RegexpLike):
@@ -163,14 +170,21 @@ def _node_blocker(e: exp.Expression, kind: str) -> str | None:
             return f"{_name(e)} differs in MariaDB"
         if isinstance(e, exp.Escape):
             return "LIKE … ESCAPE is not pushed to MariaDB"
-        if isinstance(e, exp.Select) and e.args.get("distinct"):
-            if any(_is_text(p) or _is_unknown(p) for p in e.selects):
-                return "DISTINCT on text is case-insensitive in MariaDB"
-        if isinstance(e, exp.Min | exp.Max) and (_is_text(e.this) or _is_unknown(e.this)):
-            return f"{_name(e)} on text follows MariaDB's case-insensitive collation"
-        if isinstance(e, exp.Count) and isinstance(e.this, exp.Distinct):
-            if any(_is_text(x) or _is_unknown(x) for x in e.this.expressions):
-                return "COUNT(DISTINCT text) is case-insensitive in MariaDB"
+        if (
+            isinstance(e, exp.Select)
+            and e.args.get("distinct")
+            and any(_is_text(p) or _is_unknown(p) for p in e.selects)
+            and not _distinct_as_group_by(e)
+        ):
+            return "DISTINCT on text is case-insensitive in MariaDB"
+        if isinstance(e, exp.Min | exp.Max) and _is_unknown(e.this):
+            return f"{_name(e)} of an expression of unknown type (MariaDB collation)"
+        if (
+            isinstance(e, exp.Count)
+            and isinstance(e.this, exp.Distinct)
+            and any(_is_unknown(x) for x in e.this.expressions)
+        ):
+            return "COUNT(DISTINCT …) of an expression of unknown type (MariaDB collation)"
         if isinstance(e, exp.SetOperation) and e.args.get("distinct", True):
             sel = e.selects if hasattr(e, "selects") else []
             if any(_is_text(p) or _is_unknown(p) for p in sel):
@@ -247,6 +261,12 @@ def safe_mysql_text(tree: exp.Expression) -> exp.Expression:
         return node
 
     tree = tree.transform(rewrite, copy=False)
+    for select in list(tree.find_all(exp.Select)):
+        if select.args.get("distinct") and _distinct_as_group_by(select):
+            keys = [p.unalias().copy() for p in select.selects]
+            select.set("distinct", None)
+            select.set("group", exp.Group(expressions=keys))
+    tree = tree.transform(_exact_text_aggregates, copy=False)
     for select in tree.find_all(exp.Select):
         group = select.args.get("group")
         if group is not None:
@@ -259,6 +279,80 @@ def safe_mysql_text(tree: exp.Expression) -> exp.Expression:
                 if _is_text(o.this):
                     o.set("this", _binary(o.this))
     return tree
+
+
+def _distinct_as_group_by(select: exp.Select) -> bool:
+    """``SELECT DISTINCT a, b`` can become ``GROUP BY a, b`` (then exact with BINARY keys)."""
+    distinct = select.args.get("distinct")
+    return (
+        distinct is not None
+        and not distinct.args.get("on")
+        and select.args.get("group") is None
+        and not any(p.find(exp.AggFunc, exp.Window) for p in select.selects)
+        and not any(_is_unknown(p) for p in select.selects)
+    )
+
+
+def _exact_text_aggregates(node: exp.Expression) -> exp.Expression:
+    """MIN/MAX and COUNT(DISTINCT) over text compare bytes (PostgreSQL's C collation)."""
+    if isinstance(node, exp.Min | exp.Max) and _is_text(node.this):
+        agg = type(node)(this=_binary(node.this))
+        return exp.Cast(this=agg, to=_UTF8MB4.copy())
+    if isinstance(node, exp.Count) and isinstance(node.this, exp.Distinct):
+        d = node.this
+        if any(_is_text(x) for x in d.expressions):
+            new = exp.Distinct(
+                expressions=[_binary(x) if _is_text(x) else x.copy() for x in d.expressions]
+            )
+            return exp.Count(this=new)
+    return node
+
+
+_UTF8MB4 = sqlglot.parse_one("CAST(x AS CHAR CHARACTER SET utf8mb4)", read="mysql").to
+
+_SQLITE_EXTRACT = {"YEAR": "%Y", "MONTH": "%m", "DAY": "%d", "HOUR": "%H", "MINUTE": "%M"}
+
+
+def _sqlite_extract(e: exp.Extract) -> str | None:
+    """The strftime format for EXTRACT(unit FROM d) on ISO-text dates, if exact."""
+    unit = e.this.name.upper() if isinstance(e.this, exp.Var) else ""
+    src = e.expression
+    if (
+        unit in _SQLITE_EXTRACT
+        and src.type is not None
+        and src.type.is_type(
+            exp.DataType.Type.DATE, exp.DataType.Type.TIMESTAMP, exp.DataType.Type.DATETIME
+        )
+    ):
+        return _SQLITE_EXTRACT[unit]
+    return None
+
+
+def safe_sqlite(tree: exp.Expression) -> exp.Expression:
+    """SQLite: EXTRACT as strftime, numeric casts to INTEGER rounded, integer division."""
+
+    def rewrite(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Extract):
+            fmt = _sqlite_extract(node)
+            if fmt is not None:
+                strf = exp.Anonymous(
+                    this="STRFTIME", expressions=[exp.Literal.string(fmt), node.expression.copy()]
+                )
+                return exp.Cast(this=strf, to=exp.DataType.build("INTEGER"))
+        if (
+            isinstance(node, exp.Cast)
+            and node.to.is_type(*exp.DataType.INTEGER_TYPES)
+            and node.this.type is not None
+            and node.this.type.is_type(*exp.DataType.REAL_TYPES)
+        ):
+            # SQLite's ROUND rounds halves away from zero, as PostgreSQL's numeric cast does
+            return exp.Cast(this=exp.Round(this=node.this.copy()), to=node.to.copy())
+        if isinstance(node, exp.IntDiv):
+            # SQLite integer / integer already truncates toward zero, like PostgreSQL
+            return exp.Div(this=node.this.copy(), expression=node.expression.copy(), typed=True)
+        return node
+
+    return tree.transform(rewrite, copy=False)
 
 
 def like_to_glob(pattern: str) -> str:
@@ -321,7 +415,7 @@ def to_source_sql(tree: exp.Expression, kind: str, *, pretty: bool = False) -> s
     if kind == "mysql":
         tree = safe_mysql_text(tree)
     elif kind == "sqlite":
-        tree = safe_sqlite_like(tree)
+        tree = safe_sqlite(safe_sqlite_like(tree))
     elif kind == "duckdb":
         tree = safe_duckdb_like(tree)
     return tree.sql(dialect=DIALECT[kind], pretty=pretty, identify=True)
