@@ -167,7 +167,7 @@ def _column_error(e: OptimizeError, tree: exp.Expression, catalog: Catalog) -> E
         return UnsupportedSQLError(f"could not resolve the query's columns: {msg}")
     col = m.group(1).split(".")[-1].strip('"')
     refs = [
-        (t.meta["fedlab_table"], t.alias_or_name)
+        (t.meta["fedlab_table"], t.meta.get("fedlab_alias") or t.name)
         for t in tree.find_all(exp.Table)
         if "fedlab_table" in t.meta
     ]

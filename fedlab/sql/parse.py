@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import re
+
 import datetime as dt
 import decimal
 from collections.abc import Mapping
@@ -49,6 +51,17 @@ _WRITE_NODES = (
 )
 
 
+_MISSING = re.compile(r"Required keyword: '(\w+)' missing for <class '[\w.]*?(\w+)'>")
+
+
+def _plain(desc: str) -> str:
+    """sqlglot's parser messages, said in SQL terms."""
+    m = _MISSING.search(desc)
+    if m:
+        return f"incomplete {m.group(2).upper()}: something is missing after it"
+    return desc
+
+
 def parse_query(
     sql: str, *, dialect: str = "postgres", params: Mapping[str, Any] | None = None
 ) -> exp.Query:
@@ -69,7 +82,7 @@ def parse_query(
         if err.get("line"):
             where = f" at line {err['line']}, column {err['col']}"
         near = err.get("highlight") or ""
-        desc = err.get("description") or str(e).splitlines()[0]
+        desc = _plain(err.get("description") or str(e).splitlines()[0])
         raise SQLSyntaxError(
             f"SQL syntax error{where}: {desc}" + (f" (near {near!r})" if near else "")
         ) from None
@@ -150,6 +163,12 @@ def _bind_params(tree: exp.Expression, params: Mapping[str, Any]) -> exp.Query:
                     "expressions",
                     parent.expressions[:idx] + items + parent.expressions[idx + 1 :],
                 )
+                continue
+            if isinstance(parent, exp.In) and parent.args.get("field") is p:  # IN :ids
+                if not items:
+                    raise ParameterError(f"parameter :{p.name} is an empty list")
+                parent.set("field", None)
+                parent.set("expressions", items)
                 continue
             raise ParameterError(
                 f"parameter :{p.name} is a list; lists are allowed only inside IN (:{p.name})"
