@@ -409,6 +409,13 @@ def safe_duckdb_like(tree: exp.Expression) -> exp.Expression:
     return tree.transform(rewrite, copy=False)
 
 
+def _native_int_div(node: exp.Expression) -> exp.Expression:
+    """PostgreSQL's own ``/`` on integers is the integer division fedlab promises."""
+    if isinstance(node, exp.IntDiv):
+        return exp.Div(this=node.this.copy(), expression=node.expression.copy(), typed=True)
+    return node
+
+
 def to_source_sql(tree: exp.Expression, kind: str, *, pretty: bool = False) -> str:
     """Apply the safe forms for ``kind`` to a copy of ``tree`` and emit it in its dialect."""
     tree = tree.copy()
@@ -418,4 +425,6 @@ def to_source_sql(tree: exp.Expression, kind: str, *, pretty: bool = False) -> s
         tree = safe_sqlite(safe_sqlite_like(tree))
     elif kind == "duckdb":
         tree = safe_duckdb_like(tree)
+    elif kind == "postgresql":
+        tree = tree.transform(_native_int_div, copy=False)
     return tree.sql(dialect=DIALECT[kind], pretty=pretty, identify=True)
