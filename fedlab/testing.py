@@ -208,8 +208,8 @@ def assert_same_result(got: Any, expected: Any, *, ordered: bool = False) -> Non
     Traceback (most recent call last):
     ...
     AssertionError: 1 of 1 rows differ; first in sorted position 0:
-      got      ('a',)
-      expected ('a ',)
+      got      ('a')
+      expected ('a ')
     """
     ok, why = same_result(got, expected, ordered=ordered)
     if not ok:

@@ -68,7 +68,7 @@ _REGEX_META = set("\\.+*?()|[]{}^$")
 
 
 def _like_regex(pattern: exp.Expression, escape: str) -> str | None:
-    """A LIKE pattern literal as an anchored regex (Polars' LIKE knows no escapes).
+    r"""A LIKE pattern literal as an anchored regex (Polars' LIKE knows no escapes).
 
     >>> _like_regex(exp.Literal.string("a\\_b%"), "\\")
     '(?s)^a_b.*$'
