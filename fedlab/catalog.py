@@ -7,6 +7,7 @@ Types are kept as sqlglot ``DataType`` objects so the planner can reason about t
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,11 +113,9 @@ def _introspect_sqlite(con: Any) -> list[TableInfo]:
     ]
     stats: dict[str, int] = {}
     if _rows(con, "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'"):
-        for tbl, idx, stat in _rows(con, "SELECT tbl, idx, stat FROM sqlite_stat1"):
-            try:
+        for tbl, _idx, stat in _rows(con, "SELECT tbl, idx, stat FROM sqlite_stat1"):
+            with contextlib.suppress(ValueError):
                 stats[tbl] = max(stats.get(tbl, 0), int(str(stat).split()[0]))
-            except ValueError:
-                pass
     for name in names:
         quoted = '"' + name.replace('"', '""') + '"'
         info = _rows(con, f"PRAGMA table_info({quoted})")

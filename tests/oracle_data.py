@@ -83,7 +83,7 @@ def frames(seed: int = 7) -> dict[str, pl.DataFrame]:
         schema_overrides={"price": pl.Decimal(10, 2)},
     )
     user_ids = []
-    for i in range(n_orders):
+    for _i in range(n_orders):
         r = rng.random()
         user_ids.append(None if r < 0.06 else 999 if r < 0.09 else rng.randrange(1, n_users + 1))
     base = dt.datetime(2021, 1, 1, 8, 0, 0)

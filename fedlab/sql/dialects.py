@@ -192,17 +192,20 @@ def _node_blocker(e: exp.Expression, kind: str) -> str | None:
         if isinstance(e, exp.In) and e.args.get("query") is not None:
             if _is_text(e.this) or _is_unknown(e.this):
                 return "IN (subquery) on text is case-insensitive in MariaDB"
-        if isinstance(e, _COMPARISONS + (exp.Like, exp.Between)):
+        if isinstance(e, (*_COMPARISONS, exp.Like, exp.Between)):
             if _is_unknown(e.this) or _is_unknown(e.expression or e.this):
                 return "comparison of an expression of unknown type (MariaDB collation)"
-        if isinstance(e, exp.Div) and not isinstance(e, exp.IntDiv):
-            if (
+        if (
+            isinstance(e, exp.Div)
+            and not isinstance(e, exp.IntDiv)
+            and (
                 e.expression.type is not None
                 and e.expression.type.is_type(*exp.DataType.INTEGER_TYPES)
                 and e.this.type is not None
                 and e.this.type.is_type(*exp.DataType.INTEGER_TYPES)
-            ):
-                return None
+            )
+        ):
+            return None
         return None
     return None
 

@@ -6,10 +6,9 @@
 
 from __future__ import annotations
 
-import re
-
 import datetime as dt
 import decimal
+import re
 from collections.abc import Mapping
 from typing import Any
 

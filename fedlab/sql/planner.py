@@ -120,10 +120,7 @@ class _Planner:
     ) -> Fragment:
         info: TableInfo = table.meta["fedlab_table"]
         alias = table.alias_or_name
-        if whole:
-            names = [c.name for c in info.columns]
-        else:
-            names = rules.needed_columns(self.root, alias)
+        names = [c.name for c in info.columns] if whole else rules.needed_columns(self.root, alias)
         cols = []
         for n in names:
             ci = info.column(n)
@@ -498,12 +495,16 @@ def _remove_conjunct(c: exp.Expression) -> None:
 
 def _equi_sides(c: exp.Expression) -> tuple[str, str] | None:
     if (
-        isinstance(c, exp.EQ)
-        and isinstance(c.this, exp.Column)
-        and isinstance(c.expression, exp.Column)
+        (
+            isinstance(c, exp.EQ)
+            and isinstance(c.this, exp.Column)
+            and isinstance(c.expression, exp.Column)
+        )
+        and c.this.table
+        and c.expression.table
+        and c.this.table != c.expression.table
     ):
-        if c.this.table and c.expression.table and c.this.table != c.expression.table:
-            return c.this.table, c.expression.table
+        return c.this.table, c.expression.table
     return None
 
 
