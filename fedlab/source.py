@@ -164,8 +164,8 @@ class Source:
         return self._url(redacted=False)
 
     def _url(self, *, redacted: bool) -> str:
-        if self.path is not None:
-            return f"{self.kind}://{self.path}"
+        if self.path is not None:  # SQLAlchemy style: sqlite:////abs/path
+            return f"{self.kind}:///{self.path}"
         auth = self.user or ""
         if self._password:
             auth += ":***" if redacted else f":{self._password}"
