@@ -19,7 +19,7 @@ import polars as pl
 from fedlab.catalog import Catalog
 from fedlab.config import load_config
 from fedlab.errors import ConfigError, FedlabError
-from fedlab.execute.executor import execute
+from fedlab.execute.executor import Progress, execute
 from fedlab.execute.fetch import Fetcher, default_fetch
 from fedlab.result import Comparison, FederatedResult
 from fedlab.source import Source
@@ -40,6 +40,7 @@ class Federation:
         max_workers: fragments fetched in parallel.
         timeout: default whole-query deadline in seconds (None: none).
         fetch: the fetch seam (tests and services wrap it).
+        progress: callback ``progress(event, fragment, entry)`` per fragment start/end/error.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class Federation:
         max_workers: int = 8,
         timeout: float | None = None,
         fetch: Fetcher | None = None,
+        progress: Progress | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ConfigError(
@@ -60,6 +62,9 @@ class Federation:
         self.max_workers = max_workers
         self.timeout = timeout
         self.fetch: Fetcher = fetch or default_fetch
+        #: called as ``progress(event, fragment, entry)`` with event "start" / "end" / "error"
+        #: for every fragment (notebook progress bars hook in here)
+        self.progress: Progress | None = progress
         self.catalog = Catalog()
         self._history: list[dict[str, Any]] = []
 
@@ -241,6 +246,7 @@ class Federation:
                 max_workers=self.max_workers,
                 timeout=timeout if timeout is not None else self.timeout,
                 t0=t0,
+                progress=self.progress,
             )
         except FedlabError as e:
             entry.update(error=f"{type(e).__name__}: {e}", seconds=time.monotonic() - t0)
@@ -274,10 +280,10 @@ class Federation:
             rows.append(
                 {
                     "strategy": s,
-                    "seconds": r.trace.total_s,
+                    "total_s": r.trace.total_s,
+                    "bytes": r.trace.bytes,
+                    "rows": r.trace.rows,
                     "fragments": len(r.plan.fragments),
-                    "rows_moved": r.trace.rows,
-                    "bytes_moved": r.trace.bytes,
                     "result_rows": r.df.height,
                     "same_result": ok,
                     "difference": why or None,

@@ -90,10 +90,10 @@ def plot_comparison(comparison: Comparison, **kwargs: Any) -> Figure:
     t = comparison.table
     fig, (a, b) = plt.subplots(1, 2, figsize=kwargs.get("figsize", (10, 3)))
     names = t["strategy"].to_list()
-    a.bar(names, [s * 1000 for s in t["seconds"].to_list()], color="#336791")
+    a.bar(names, [s * 1000 for s in t["total_s"].to_list()], color="#336791")
     a.set_ylabel("ms")
     a.set_title("time")
-    b.bar(names, [x / 1024 for x in t["bytes_moved"].to_list()], color="#c0765a")
+    b.bar(names, [x / 1024 for x in t["bytes"].to_list()], color="#c0765a")
     b.set_ylabel("KB moved")
     b.set_title("transfer volume")
     fig.tight_layout()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import polars as pl
@@ -11,9 +13,13 @@ from fedlab.catalog import Catalog
 from fedlab.errors import ExecutionError, FedlabError, QueryTimeoutError, UnsupportedSQLError
 from fedlab.execute.fetch import Fetcher, default_fetch
 from fedlab.result import Trace, TraceEntry
-from fedlab.sql.plan import Plan
+from fedlab.sql.plan import Fragment, Plan
 
-__all__ = ["execute"]
+__all__ = ["Progress", "execute"]
+
+#: ``progress(event, fragment, entry)``: event is "start", "end" (entry: the TraceEntry) or
+#: "error" (entry: None). Called from worker threads; must be quick and never raise.
+Progress = Callable[[str, Fragment, "TraceEntry | None"], None]
 
 
 def execute(
@@ -24,6 +30,7 @@ def execute(
     max_workers: int = 8,
     timeout: float | None = None,
     t0: float | None = None,
+    progress: Progress | None = None,
 ) -> tuple[pl.DataFrame, Trace]:
     """Fetch every fragment (in parallel), run the residual, return the frame and its trace.
 
@@ -34,17 +41,40 @@ def execute(
         max_workers: fragments fetched at once.
         timeout: whole-query deadline in seconds (None: none).
         t0: ``time.monotonic()`` when the query started (for the trace's clock).
+        progress: optional per-fragment callback (see :data:`Progress`).
     """
     t0 = time.monotonic() if t0 is None else t0
     deadline = t0 + timeout if timeout else None
     trace = Trace()
     frames: dict[str, pl.DataFrame] = {}
 
+    def notify(event: str, frag: Fragment, entry: TraceEntry | None) -> None:
+        if progress is not None:
+            with contextlib.suppress(Exception):  # a display problem never fails the query
+                progress(event, frag, entry)
+
     def run_one(frag):
+        notify("start", frag, None)
         start = time.monotonic() - t0
-        res = fetch(frag, catalog.sources[frag.source], deadline)
+        try:
+            res = fetch(frag, catalog.sources[frag.source], deadline)
+        except BaseException:
+            notify("error", frag, None)
+            raise
         end = time.monotonic() - t0
-        return frag, res, start, end
+        entry = TraceEntry(
+            fragment=frag.id,
+            source=frag.source,
+            kind=frag.kind,
+            sql=frag.sql,
+            start=start,
+            end=end,
+            rows=res.df.height,
+            bytes=res.nbytes,
+            reader=res.reader,
+        )
+        notify("end", frag, entry)
+        return frag, res, entry
 
     fetch_start = time.monotonic()
     if plan.fragments:
@@ -68,21 +98,9 @@ def execute(
                     f"query passed its {timeout:g} s deadline with {len(pending)} fragment(s) still running"
                 )
             for fut in futures:
-                frag, res, start, end = fut.result()
+                frag, res, entry = fut.result()
                 frames[frag.id] = res.df
-                trace.entries.append(
-                    TraceEntry(
-                        fragment=frag.id,
-                        source=frag.source,
-                        kind=frag.kind,
-                        sql=frag.sql,
-                        start=start,
-                        end=end,
-                        rows=res.df.height,
-                        bytes=res.nbytes,
-                        reader=res.reader,
-                    )
-                )
+                trace.entries.append(entry)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
     trace.fetch_s = time.monotonic() - fetch_start
