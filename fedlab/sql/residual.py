@@ -148,9 +148,47 @@ def _cast_rounds(node: exp.Expression) -> exp.Expression:
     return node
 
 
+def _one_side_on_filters(select: exp.Select) -> None:
+    """Polars SQL resolves some ON predicates (e.g. ``NOT (…)``) against the left input
+    only. A predicate of an ON clause that reads just one input of the join is moved into
+    a filtered derived table of that input (same answer for inner and outer joins)."""
+    joins = select.args.get("joins") or []
+    for j in joins:
+        side = (j.side or "").upper()
+        if j.args.get("on") is None or side == "FULL":
+            continue
+        # the input the predicate may filter: the null-supplying one of an outer join
+        targets = []
+        if side in ("", "LEFT"):
+            targets.append(j.this)
+        if side == "RIGHT" and len(joins) == 1 and select.args.get("from_") is not None:
+            targets.append(select.args["from_"].this)
+        for item in targets:
+            if not isinstance(item, exp.Table) or not item.alias_or_name:
+                continue
+            alias = item.alias_or_name
+            on = j.args["on"]
+            conj = list(on.flatten()) if isinstance(on, exp.And) else [on]
+            mine = [
+                c
+                for c in conj
+                if not c.find(exp.Query)
+                and {col.table for col in c.find_all(exp.Column)} == {alias}
+            ]
+            if not mine or len(mine) == len(conj):
+                continue  # nothing to move, or keep the join condition in ON
+            inner = exp.select("*").from_(item.copy()).where(exp.and_(*[c.copy() for c in mine]))
+            item.replace(
+                exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(alias)))
+            )
+            j.set("on", exp.and_(*[c.copy() for c in conj if not any(c is m for m in mine)]))
+
+
 def prepare(tree: exp.Expression) -> exp.Expression:
     """A copy of the engine-neutral residual adjusted to Polars' semantics."""
     tree = tree.copy()
+    for select in list(tree.find_all(exp.Select)):
+        _one_side_on_filters(select)
     tree = tree.transform(_cast_rounds, copy=False)
     for select in tree.find_all(exp.Select):
         _order_by_outputs(select, allow_hidden=select is tree)
