@@ -196,7 +196,7 @@ def test_split_join_pushes_filters_to_each_side() -> None:
     sql = next(q for n, q, _ in QUERIES if n == "split_join_filters")
     got = plan_case(sql, "mysql", "split")
     joined = "\n".join(got["fragments"])
-    assert "`o`.`quantity` > 2" in joined and '"u"."country" = \'US\'' in joined
+    assert "`orders`.`quantity` > 2" in joined and '"users"."country" = \'US\'' in joined
     assert got["local"] is not None and "JOIN" in got["local"]
 
 
@@ -213,3 +213,30 @@ def test_explain_names_what_stays_local() -> None:
     assert got["local"] is not None and "UPPER(" in got["local"]
     assert got["fragments"] == ['lite: SELECT "users"."name" AS "name" FROM "users" AS "users"']
     assert isinstance(fl.Plan, type)
+
+
+def test_disjunction_implies_filters_for_each_table() -> None:
+    # TPC-H Q19's shape: each table gets the OR of its own conjuncts; the original stays local
+    got = plan_case(
+        "SELECT u.name FROM users u JOIN orders o ON u.id = o.user_id "
+        "WHERE (o.quantity > 5 AND u.country = 'US') OR (o.quantity < 2 AND u.country = 'DE')",
+        "sqlite",
+        "split",
+    )
+    lite = next(f for f in got["fragments"] if f.startswith("lite:"))
+    pg = next(f for f in got["fragments"] if f.startswith("pg:"))
+    flat = lite.replace("(", "").replace(")", "")
+    assert '"orders"."quantity" < 2 OR "orders"."quantity" > 5' in flat
+    assert '"users"."country" = \'US\'' in pg and '"users"."country" = \'DE\'' in pg
+    assert "OR" in got["local"]
+
+
+def test_exists_reads_no_columns_and_equal_reads_share_a_fragment() -> None:
+    got = plan_case(
+        "SELECT u.name FROM users u WHERE EXISTS (SELECT * FROM orders o WHERE o.user_id = u.id) "
+        "AND EXISTS (SELECT * FROM orders o2 WHERE o2.user_id = u.id)",
+        "mysql",
+        "split",
+    )
+    mine = [f for f in got["fragments"] if f.startswith("my:")]
+    assert mine == ["my: SELECT `orders`.`user_id` AS `user_id` FROM `orders` AS `orders`"]

@@ -56,6 +56,7 @@ class _Planner:
     # ------------------------------------------------------------------ entry
     def run(self, bound: BoundQuery, sql: str) -> Plan:
         tree = bound.tree.copy()
+        _exists_select_one(tree)
         self.root = tree
         outputs = list(tree.named_selects)
         if self.mode == "naive":
@@ -120,21 +121,39 @@ class _Planner:
     ) -> Fragment:
         info: TableInfo = table.meta["fedlab_table"]
         alias = table.alias_or_name
-        names = [c.name for c in info.columns] if whole else rules.needed_columns(self.root, alias)
+        if whole:
+            names = [c.name for c in info.columns]
+        else:  # in the table's column order: equal reads give equal SQL (one fragment)
+            needed = rules.needed_columns(self.root, alias)
+            names = [c.name for c in info.columns if c.name in needed]
+            names += [n for n in needed if n not in names]
         cols = []
         for n in names:
             ci = info.column(n)
             cols.append((n, ci.type if ci else exp.DataType.build("UNKNOWN")))
+        # the fragment names the table by itself, not by the query's alias, so that the
+        # same read under two aliases (self-joins, EXISTS over the same table) is one fragment
+        own = info.name
+        source_table = table.copy()
+        source_table.set("alias", exp.TableAlias(this=exp.to_identifier(own)))
+
+        def requalify(e: exp.Expression) -> exp.Expression:
+            e = e.copy()
+            for c in e.find_all(exp.Column):
+                if c.table == alias:
+                    c.set("table", exp.to_identifier(own))
+            return e
+
         select = exp.select(
-            *[exp.alias_(exp.column(n, table=alias), n, quoted=True) for n in names]
-        ).from_(table.copy())
+            *[exp.alias_(exp.column(n, table=own), n, quoted=True) for n in names]
+        ).from_(source_table)
         if not names:
             select = exp.select(exp.alias_(exp.Literal.number(1), "__row", quoted=True)).from_(
-                table.copy()
+                source_table
             )
             cols = [("__row", exp.DataType.build("BIGINT"))]
         if filters:
-            select = select.where(exp.and_(*[f.copy() for f in filters]))
+            select = select.where(exp.and_(*[requalify(f) for f in filters]))
         pushed = (
             ["whole table"]
             if whole
@@ -303,6 +322,20 @@ class _Planner:
             if not is_left_on:
                 removed.append(c)
 
+        # implied single-table filters from disjunctions (TPC-H Q19): from
+        # (a.x = 1 AND b.y = 2) OR (a.x = 3 AND …) each table gets OR(its own conjuncts);
+        # the original predicate stays in the residual
+        for c in where_conj + [c for _, c in inner_on]:
+            if not isinstance(c, exp.Or) or not usable(c):
+                continue
+            for alias in by_alias:
+                if alias in nullable:
+                    continue
+                derived = _implied_filter(c, alias)
+                if derived is None or blocker(derived, self._kind(by_alias[alias])):
+                    continue
+                filters[alias].append(derived)
+
         # same-source joins (inner-join scopes only)
         groups: list[list[str]] = []
         join_preds: dict[int, list[exp.Expression]] = {}
@@ -412,6 +445,30 @@ class _Planner:
 
 
 # ---------------------------------------------------------------------- helpers
+def _implied_filter(disjunction: exp.Or, alias: str) -> exp.Expression | None:
+    """OR over the disjuncts of the conjuncts that read only ``alias`` (None if a disjunct
+    has no such conjunct, or if the disjunction reads only ``alias`` already)."""
+    if rules.aliases_of(disjunction) <= {alias}:
+        return None
+    parts = []
+    for d in disjunction.flatten():
+        d = d.unnest()
+        mine = [c for c in rules.conjuncts(d) if rules.aliases_of(c) == {alias}]
+        if not mine:
+            return None
+        parts.append(exp.paren(exp.and_(*[m.copy() for m in mine]), copy=False))
+    return exp.or_(*parts) if len(parts) > 1 else parts[0].unnest()
+
+
+def _exists_select_one(tree: exp.Expression) -> None:
+    """``EXISTS (SELECT * …)``: the select list is irrelevant; read no columns for it."""
+    for ex in tree.find_all(exp.Exists):
+        q = ex.this
+        if isinstance(q, exp.Select) and not q.args.get("group") and not q.args.get("distinct"):
+            if not any(p.find(exp.AggFunc, exp.Window) for p in q.selects):
+                q.set("expressions", [exp.alias_(exp.Literal.number(1), "_one")])
+
+
 def _frame(frag_id: str, alias: str) -> exp.Table:
     return exp.Table(
         this=exp.to_identifier(frag_id), alias=exp.TableAlias(this=exp.to_identifier(alias))
