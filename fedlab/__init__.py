@@ -31,6 +31,17 @@ from fedlab.errors import (
 
 try:  # the engine modules land in slices; keep `import fedlab` working meanwhile
     from fedlab.federation import Federation
+    from fedlab.frame import (
+        Expr,
+        FederatedFrame,
+        FrameError,
+        GroupBy,
+        UnsupportedFrameError,
+        UnsupportedMethodError,
+        col,
+        lit,
+    )
+    from fedlab.frame import len_ as len
     from fedlab.result import Comparison, FederatedResult, Trace, TraceEntry
     from fedlab.sql.plan import Fragment, Plan
 except ImportError:  # pragma: no cover
@@ -55,11 +66,15 @@ __all__ = [
     "Comparison",
     "ConfigError",
     "ExecutionError",
+    "Expr",
+    "FederatedFrame",
     "FederatedResult",
     "Federation",
     "FedlabError",
     "Fragment",
     "FragmentError",
+    "FrameError",
+    "GroupBy",
     "MissingDatabaseFileError",
     "NotAQueryError",
     "ParameterError",
@@ -74,8 +89,13 @@ __all__ = [
     "TraceEntry",
     "UnknownColumnError",
     "UnknownTableError",
+    "UnsupportedFrameError",
+    "UnsupportedMethodError",
     "UnsupportedSQLError",
     "__version__",
+    "col",
     "demo",
+    "len",
+    "lit",
     "testing",
 ]

@@ -920,7 +920,7 @@ def render_markdown(results: pl.DataFrame, summary: dict[str, Any], meta: dict[s
     if problems:
         out += ["", "### Failures", ""]
         out += [
-            f"- **{q} {s}**: `{_md_escape(_shorten(msg, 400)).replace('`', "'")}`"
+            "- **{} {}**: `{}`".format(q, s, _md_escape(_shorten(msg, 400)).replace("`", "'"))
             for q, s, msg in problems
         ]
     return "\n".join(out) + "\n"

@@ -90,6 +90,10 @@ def _to_type(declared: str, dialect: str) -> exp.DataType:
         return exp.DataType.build("DOUBLE")
     if dialect == "mysql" and text.lower().startswith("tinyint(1)"):
         return exp.DataType.build("BOOLEAN")
+    if dt.is_type(*exp.DataType.INTEGER_TYPES) and dt.expressions:
+        # MariaDB's display width (BIGINT(20)) is not a type parameter: drop it, or type
+        # inference would keep BIGINT(20) for decimal arithmetic on it
+        return exp.DataType(this=dt.this)
     return dt
 
 

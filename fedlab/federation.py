@@ -263,6 +263,12 @@ class Federation:
         )
         return FederatedResult(df, plan, trace)
 
+    def table(self, name: str) -> FederatedFrame:  # noqa: F821
+        """A lazy dataframe over table ``name`` (bare or ``source.table``, resolved as in SQL)."""
+        from fedlab.frame import FederatedFrame
+
+        return FederatedFrame.table(self, name)
+
     def compare(
         self,
         sql: str,

@@ -97,6 +97,8 @@ class _Planner:
     ) -> Fragment:
         src = self.catalog.sources[source]
         physical = _physical(tree)
+        if src.kind in ("postgresql", "mysql"):
+            _decimals_as_double(physical, columns)
         sql = to_source_sql(physical, src.kind)
         key = (source, sql)
         if key in self.by_sql:
@@ -445,6 +447,22 @@ class _Planner:
 
 
 # ---------------------------------------------------------------------- helpers
+_DOUBLE = exp.DataType.build("DOUBLE")
+
+
+def _decimals_as_double(tree: exp.Query, columns: list[tuple[str, exp.DataType]]) -> None:
+    """fedlab's decimal policy (decimals are float64) applied in the source's output: a
+    column fedlab types DOUBLE leaves the server as an 8-byte double, not as connectorx's
+    16-byte Decimal(38,10). Only the outputs are cast; the source computes in decimals."""
+    if not isinstance(tree, exp.Select) or len(tree.selects) != len(columns):
+        return
+    for proj, (_, t) in zip(tree.selects, columns, strict=True):
+        if t is None or not t.is_type(exp.DataType.Type.DOUBLE):
+            continue
+        if isinstance(proj, exp.Alias) and not isinstance(proj.this, exp.Cast):
+            proj.set("this", exp.Cast(this=proj.this, to=_DOUBLE.copy()))
+
+
 def _implied_filter(disjunction: exp.Or, alias: str) -> exp.Expression | None:
     """OR over the disjuncts of the conjuncts that read only ``alias`` (None if a disjunct
     has no such conjunct, or if the disjunction reads only ``alias`` already)."""
