@@ -72,9 +72,11 @@ def coerce(df: pl.DataFrame, columns: list[tuple[str, exp.DataType]]) -> pl.Data
     if len(df.columns) == len(columns):
         df = df.rename(dict(zip(df.columns, [n for n, _ in columns], strict=True)))
     exprs = []
+    handled: set[str] = set()
     for name, t in columns:
-        if name not in df.columns:
+        if name not in df.columns or name in handled:
             continue
+        handled.add(name)
         have = df.schema[name]
         want = polars_dtype(t)
         col = pl.col(name)
@@ -102,7 +104,7 @@ def coerce(df: pl.DataFrame, columns: list[tuple[str, exp.DataType]]) -> pl.Data
         exprs += [
             pl.col(n).cast(pl.Float64)
             for n, d in df.schema.items()
-            if isinstance(d, pl.Decimal) and n not in {c for c, _ in columns if polars_dtype(_)}
+            if isinstance(d, pl.Decimal) and n not in handled
         ]
     return df.with_columns(exprs) if exprs else df
 

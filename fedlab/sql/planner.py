@@ -63,6 +63,11 @@ class _Planner:
             self._naive(tree)
             new_root = tree
         else:
+            if rules.decorrelate_scalar_aggregates(tree, self.counter):
+                self.notes.append(
+                    "correlated scalar aggregate subquery rewritten as a grouped lookup "
+                    "(the aggregate is pushed to its source)"
+                )
             new_root = self._push(tree, top=True)
         if (
             len(self.fragments) == 1

@@ -166,3 +166,128 @@ def connected_groups(aliases: Iterable[str], edges: Iterable[set[str]]) -> list[
 def needed_columns(root: exp.Expression, alias: str) -> list[str]:
     """Column names of ``alias`` that ``root`` still reads, in first-use order."""
     return list(dict.fromkeys(c.name for c in root.find_all(exp.Column) if c.table == alias))
+
+
+_NULL_ON_EMPTY = (exp.Sum, exp.Avg, exp.Min, exp.Max)
+_NULL_PROPAGATING = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.IntDiv, exp.Paren, exp.Neg, exp.Cast)
+
+
+def _null_propagating_over_aggregates(e: exp.Expression) -> bool:
+    """Literals and SUM/AVG/MIN/MAX combined by arithmetic: NULL whenever an aggregate is
+    NULL (true of an aggregate over no rows), so "no group" and "empty group" agree."""
+    if isinstance(e, _NULL_ON_EMPTY):
+        return not e.find(exp.Query, exp.Window) and not isinstance(e.this, exp.Distinct)
+    if isinstance(e, exp.Literal):
+        return True
+    if isinstance(e, _NULL_PROPAGATING):
+        kids = [v for v in e.args.values() if isinstance(v, exp.Expression)]
+        kids = [k for k in kids if not isinstance(k, exp.DataType)]
+        return all(_null_propagating_over_aggregates(k) for k in kids) and any(
+            k.find(*_NULL_ON_EMPTY) for k in kids
+        )
+    return False
+
+
+def decorrelate_scalar_aggregates(tree: exp.Expression, counter: Iterator[int]) -> int:
+    """Rewrite correlated scalar aggregate subqueries as a lookup into a grouped derived
+    table, which is uncorrelated and so can be pushed to its source whole (TPC-H Q17)::
+
+        (SELECT 0.2 * AVG(l.q) FROM lineitem l WHERE l.k = p.k AND l.x > 1)
+        → (SELECT 0.2 * d._a1 FROM (SELECT l.k AS _k1, AVG(l.q) AS _a1 FROM lineitem l
+                                     WHERE l.x > 1 GROUP BY l.k) AS d WHERE d._k1 = p.k)
+
+    Only when the correlation is equalities between inner and outer columns and the
+    select expression is NULL on an empty group (SUM/AVG/MIN/MAX under arithmetic, not
+    COUNT or COALESCE), so a missing group gives the same NULL. Returns the number of
+    subqueries rewritten.
+    """
+    done = 0
+    for sub in list(tree.find_all(exp.Subquery)):
+        inner = sub.this
+        parent = sub.parent
+        if not isinstance(inner, exp.Select) or isinstance(parent, exp.From | exp.Join):
+            continue
+        if isinstance(parent, exp.Exists | exp.In):
+            continue
+        if any(
+            inner.args.get(k)
+            for k in ("group", "having", "order", "limit", "offset", "distinct", "joins", "with_")
+        ):
+            continue
+        from_ = inner.args.get("from_")
+        if from_ is None or not isinstance(from_.this, exp.Table) or len(inner.selects) != 1:
+            continue
+        table = from_.this
+        if "fedlab_table" not in table.meta:
+            continue
+        alias = table.alias_or_name
+        proj = inner.selects[0]
+        body = proj.unalias()
+        if not _null_propagating_over_aggregates(body):
+            continue
+        if any(
+            c.table != alias for a in body.find_all(*_NULL_ON_EMPTY) for c in a.find_all(exp.Column)
+        ):
+            continue
+        keys: list[tuple[exp.Column, exp.Expression]] = []
+        local: list[exp.Expression] = []
+        ok = True
+        for c in conjuncts(inner.args.get("where")):
+            refs = aliases_of(c)
+            if refs <= {alias} and not has_subquery(c):
+                local.append(c)
+                continue
+            if (
+                isinstance(c, exp.EQ)
+                and isinstance(c.this, exp.Column)
+                and isinstance(c.expression, exp.Column)
+                and {c.this.table, c.expression.table} & {alias}
+                and c.this.table != c.expression.table
+            ):
+                mine, outer = (
+                    (c.this, c.expression) if c.this.table == alias else (c.expression, c.this)
+                )
+                keys.append((mine, outer))
+                continue
+            ok = False
+            break
+        if not ok or not keys:
+            continue
+        n = next(counter)
+        d = f"_dc{n}"
+        aggs = list(dict.fromkeys(body.find_all(*_NULL_ON_EMPTY)))
+        agg_names = {id(a): f"_a{i}" for i, a in enumerate(aggs, 1)}
+        derived = exp.select(
+            *[exp.alias_(k.copy(), f"_k{i}") for i, (k, _) in enumerate(keys, 1)],
+            *[exp.alias_(a.copy(), agg_names[id(a)]) for a in aggs],
+        ).from_(table.copy())
+        for p in derived.selects:  # keep the inferred types for the fragment's columns
+            p.type = p.this.type
+        if local:
+            derived = derived.where(exp.and_(*[c.copy() for c in local]))
+        derived = derived.group_by(*[k.copy() for k, _ in keys])
+        new_body = body.copy()
+        for old, new in zip(
+            list(body.find_all(*_NULL_ON_EMPTY)),
+            list(new_body.find_all(*_NULL_ON_EMPTY)),
+            strict=True,
+        ):
+            ref = exp.column(agg_names[id(old)], table=d)
+            if new is new_body:
+                new_body = ref
+            else:
+                new.replace(ref)
+        lookup = exp.select(
+            exp.alias_(new_body, proj.alias_or_name) if isinstance(proj, exp.Alias) else new_body
+        ).from_(exp.Subquery(this=derived, alias=exp.TableAlias(this=exp.to_identifier(d))))
+        lookup = lookup.where(
+            exp.and_(
+                *[
+                    exp.EQ(this=exp.column(f"_k{i}", table=d), expression=o.copy())
+                    for i, (_, o) in enumerate(keys, 1)
+                ]
+            )
+        )
+        sub.set("this", lookup)
+        done += 1
+    return done
