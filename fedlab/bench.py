@@ -26,6 +26,7 @@ plain values or Polars frames and need no database.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib
 import json
@@ -391,10 +392,8 @@ def _row_counts(url: str, tables: Iterable[str]) -> dict[str, int | None]:
             except Exception:
                 counts[t] = None
                 if hasattr(con, "rollback"):
-                    try:
+                    with contextlib.suppress(Exception):
                         con.rollback()
-                    except Exception:
-                        pass
             finally:
                 cur.close()
     finally:
