@@ -972,7 +972,7 @@ def _server_versions(targets: Sequence[Target]) -> dict[str, str]:
 def _command(argv: Sequence[str] | None) -> str:
     if argv is None:
         return shlex.join([Path(sys.executable).name, *sys.argv])
-    return shlex.join(["python", "-m", "fedlab.bench", *argv])
+    return shlex.join(["fedlab", "bench", *argv])
 
 
 # ---------------------------------------------------------------------- entry point
