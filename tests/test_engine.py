@@ -297,3 +297,25 @@ def test_statement_timeout_cancels_a_runaway_fragment(pg_database) -> None:
             "WHERE (a.id * 7 + b.id * 3 + c.id + d.id * 5 + e.id) % 1000003 = 999999"
         )
     assert time.monotonic() - start < 15
+
+
+@pytest.mark.servers
+def test_sqlalchemy_fallback_reader_matches_connectorx(pg_database, mariadb_database) -> None:
+    from fedlab.execute.fetch import _read_connectorx, _read_sqlalchemy, coerce
+
+    frame = pl.DataFrame(
+        {"id": [1, 2], "s": ["50%: a", None], "d": [dt.date(2021, 1, 2), None]},
+        schema={"id": pl.Int64, "s": pl.String, "d": pl.Date},
+    )
+    for url in (pg_database("fedlab_sa"), mariadb_database("fedlab_sa")):
+        write_tables(url, {"t": frame})
+        fed = fl.Federation().attach("s", url)
+        plan = fed.explain("SELECT id, s, d FROM t WHERE s LIKE '%:%' OR s IS NULL ORDER BY id")
+        frag, src = plan.fragments[0], fed.catalog.sources["s"]
+        a = _read_sqlalchemy(frag, src, time.monotonic() + 10)
+        b = _read_connectorx(frag, src, None)
+        assert a.reader == "sqlalchemy"
+        fl.testing.assert_same_result(
+            coerce(a.df, frag.columns), coerce(b.df, frag.columns), ordered=True
+        )
+        assert coerce(a.df, frag.columns)["s"].to_list() == ["50%: a", None]

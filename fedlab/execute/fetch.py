@@ -187,17 +187,40 @@ def _read_connectorx(fragment: Fragment, source: Source, deadline: float | None)
     return FetchResult(pl.from_arrow(table), table.nbytes, "connectorx")
 
 
+_SQLALCHEMY_DIALECT = {"postgresql": "postgresql+psycopg://", "mysql": "mysql+pymysql://"}
+
+
 def _read_sqlalchemy(fragment: Fragment, source: Source, deadline: float | None) -> FetchResult:
-    con = source.connect()
+    """Fallback reader: SQLAlchemy over fedlab's own read-only, time-limited connection."""
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    def creator():
+        con = source.connect()  # read-only session, connect timeout
+        if deadline is not None:
+            left = max(deadline - time.monotonic(), 0.001)
+            with con.cursor() as cur:
+                if source.kind == "postgresql":
+                    cur.execute(f"SET statement_timeout = {max(int(left * 1000), 1)}")
+                elif source.kind == "mysql":
+                    cur.execute(f"SET SESSION max_statement_time = {left:.3f}")
+        return con
+
+    engine = sa.create_engine(
+        _SQLALCHEMY_DIALECT.get(source.kind, f"{source.kind}://"),
+        creator=creator,
+        poolclass=NullPool,
+    )
     try:
-        cur = con.cursor()
-        cur.execute(fragment.sql)
-        names = [d[0] for d in cur.description]
-        rows = cur.fetchall()
+        with engine.connect() as con:
+            # the drivers parse "%" as a placeholder even without parameters: double it
+            result = con.exec_driver_sql(fragment.sql.replace("%", "%%"), ())
+            names = list(result.keys())
+            rows = result.fetchall()
     finally:
-        con.close()
+        engine.dispose()
     df = pl.DataFrame([list(r) for r in rows], schema=names, orient="row", infer_schema_length=None)
-    return FetchResult(df, df.to_arrow().nbytes if df.width else 0, "dbapi")
+    return FetchResult(df, df.to_arrow().nbytes if df.width else 0, "sqlalchemy")
 
 
 _READERS = {

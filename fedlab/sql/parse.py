@@ -102,7 +102,7 @@ def parse_query(
             kind = str(tree.this).upper()
         raise NotAQueryError(
             f"fedlab runs read-only queries only; this statement is {kind} "
-            "(use fed.transaction() to change data)"
+            "(a SELECT, WITH … SELECT, VALUES or set operation)"
         )
     if tree.find(exp.Lock):
         raise NotAQueryError(
