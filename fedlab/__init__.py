@@ -28,24 +28,20 @@ from fedlab.errors import (
     UnknownTableError,
     UnsupportedSQLError,
 )
-
-try:  # the engine modules land in slices; keep `import fedlab` working meanwhile
-    from fedlab.federation import Federation
-    from fedlab.frame import (
-        Expr,
-        FederatedFrame,
-        FrameError,
-        GroupBy,
-        UnsupportedFrameError,
-        UnsupportedMethodError,
-        col,
-        lit,
-    )
-    from fedlab.frame import len_ as len
-    from fedlab.result import Comparison, FederatedResult, Trace, TraceEntry
-    from fedlab.sql.plan import Fragment, Plan
-except ImportError:  # pragma: no cover
-    pass
+from fedlab.federation import Federation
+from fedlab.frame import (
+    Expr,
+    FederatedFrame,
+    FrameError,
+    GroupBy,
+    UnsupportedFrameError,
+    UnsupportedMethodError,
+    col,
+    lit,
+)
+from fedlab.frame import len_ as len
+from fedlab.result import Comparison, FederatedResult, Trace, TraceEntry
+from fedlab.sql.plan import Fragment, Plan
 
 
 def __getattr__(name: str):
@@ -54,7 +50,26 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module(f"fedlab.{name}")
+    if name == "explore":  # ipywidgets is imported only when the explorer is used
+        from fedlab.widgets import explore
+
+        return explore
     raise AttributeError(f"module 'fedlab' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext fedlab``: the ``%federate`` / ``%%federate`` magics (see fedlab.magic)."""
+    from fedlab.magic import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    """``%unload_ext fedlab``."""
+    from fedlab import magic
+
+    if hasattr(magic, "unload_ipython_extension"):
+        magic.unload_ipython_extension(ipython)
 
 
 __version__ = "0.1.0"
