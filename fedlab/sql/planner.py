@@ -63,7 +63,7 @@ class _Planner:
             self._naive(tree)
             new_root = tree
         else:
-            if rules.decorrelate_scalar_aggregates(tree, self.counter):
+            if rules.decorrelate_scalar_aggregates(tree, itertools.count(1)):
                 self.notes.append(
                     "correlated scalar aggregate subquery rewritten as a grouped lookup "
                     "(the aggregate is pushed to its source)"
