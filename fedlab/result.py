@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from fedlab.sql.plan import Plan
+from fedlab.sql.plan import (
+    ALERT_COLOR,
+    LOCAL_COLOR,
+    PLAN_COLOR,
+    Plan,
+    plan_html,
+    safe_text,
+    source_colors,
+    swatch,
+)
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["Comparison", "FederatedResult", "Trace", "TraceEntry"]
@@ -91,6 +100,49 @@ class Trace:
             },
         )
 
+    @property
+    def sources(self) -> list[str]:
+        """Sources read, in the order their first fragment appears."""
+        return list(dict.fromkeys(e.source for e in self.entries))
+
+    def by_source(self) -> pl.DataFrame:
+        """One row per source: kind, fragments, rows and bytes moved, seconds spent fetching.
+
+        ``seconds`` adds up the source's fragments (work done), so with parallel fetches the
+        sum over sources can exceed the trace's wall-clock ``fetch_s``.
+        """
+        rows = []
+        for name in self.sources:
+            mine = [e for e in self.entries if e.source == name]
+            rows.append(
+                {
+                    "source": name,
+                    "kind": mine[0].kind,
+                    "fragments": len(mine),
+                    "rows": sum(e.rows for e in mine),
+                    "bytes": sum(e.bytes for e in mine),
+                    "seconds": sum(e.seconds for e in mine),
+                }
+            )
+        schema = {
+            "source": pl.String,
+            "kind": pl.String,
+            "fragments": pl.Int64,
+            "rows": pl.Int64,
+            "bytes": pl.Int64,
+            "seconds": pl.Float64,
+        }
+        return pl.DataFrame(rows, schema=schema)
+
+    def plot(self, **kwargs: Any) -> Figure:
+        """Latency waterfall and transfer volume (see :func:`fedlab.viz.plot_trace`)."""
+        from fedlab.viz import plot_trace
+
+        return plot_trace(self, **kwargs)
+
+    def _repr_html_(self) -> str:
+        return f"<div style='{_FONT}'>{trace_html(self)}</div>"
+
     def summary(self) -> str:
         return (
             f"{len(self.entries)} fragment(s), {self.rows:,} rows / {_human_bytes(self.bytes)} moved; "
@@ -110,6 +162,80 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} GB"  # pragma: no cover
 
 
+_FONT = "font-family:var(--jp-ui-font-family,system-ui,sans-serif);font-size:13px"
+_CELL = "padding:.15em .6em;text-align:right;vertical-align:top"
+_LEFT = "padding:.15em .6em;text-align:left;vertical-align:top"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.1f}"
+
+
+def trace_html(trace: Trace) -> str:
+    """The per-fragment trace as an HTML table, the local (residual) step and a total row.
+
+    Columns: fragment, source, kind, rows, bytes, ms, reader (start and notes when they say
+    something). The SQL of each fragment is its tooltip, redacted and escaped.
+    """
+    colors = source_colors(trace.sources)
+    head = "".join(
+        f"<th style='{_LEFT if h in ('fragment', 'source', 'kind', 'reader', 'notes') else _CELL}'>{h}</th>"
+        for h in (
+            "fragment",
+            "source",
+            "kind",
+            "rows",
+            "bytes",
+            "ms",
+            "start ms",
+            "reader",
+            "notes",
+        )
+    )
+    body = []
+    for e in trace.entries:
+        notes = []
+        if e.cache_hit:
+            notes.append("cache hit")
+        if e.retries:
+            notes.append(f"{e.retries} retr{'y' if e.retries == 1 else 'ies'}")
+        if e.error:
+            notes.append(f"<span style='color:{ALERT_COLOR}'>{safe_text(e.error)}</span>")
+        body.append(
+            f"<tr title='{safe_text(e.sql)}'>"
+            f"<td style='{_LEFT}'><b>{safe_text(e.fragment)}</b></td>"
+            f"<td style='{_LEFT}'>{swatch(colors[e.source])}{safe_text(e.source)}</td>"
+            f"<td style='{_LEFT}'>{safe_text(e.kind)}</td>"
+            f"<td style='{_CELL}'>{e.rows:,}</td>"
+            f"<td style='{_CELL}'>{_human_bytes(e.bytes)}</td>"
+            f"<td style='{_CELL}'>{_ms(e.seconds)}</td>"
+            f"<td style='{_CELL}'>{_ms(e.start)}</td>"
+            f"<td style='{_LEFT}'>{safe_text(e.reader)}</td>"
+            f"<td style='{_LEFT}'>{', '.join(notes)}</td></tr>"
+        )
+    body.append(
+        "<tr style='color:#555'>"
+        f"<td style='{_LEFT}' colspan='3'>{swatch(LOCAL_COLOR)}local (Polars)</td>"
+        f"<td style='{_CELL}'>{trace.result_rows:,}</td><td style='{_CELL}'></td>"
+        f"<td style='{_CELL}'>{_ms(trace.residual_s)}</td>"
+        f"<td style='{_CELL}'>{_ms(trace.residual_start)}</td>"
+        f"<td style='{_LEFT}'>polars</td><td style='{_LEFT}'>result rows</td></tr>"
+    )
+    body.append(
+        "<tr style='border-top:1px solid #999;font-weight:bold'>"
+        f"<td style='{_LEFT}' colspan='3'>moved / total</td>"
+        f"<td style='{_CELL}'>{trace.rows:,}</td>"
+        f"<td style='{_CELL}'>{_human_bytes(trace.bytes)}</td>"
+        f"<td style='{_CELL}'>{_ms(trace.total_s)}</td><td style='{_CELL}'></td>"
+        f"<td style='{_LEFT}' colspan='2' >{swatch(PLAN_COLOR)}plan {_ms(trace.planning_s)} ms, "
+        f"fetch {_ms(trace.fetch_s)} ms</td></tr>"
+    )
+    return (
+        "<table class='fedlab-trace' style='border-collapse:collapse;margin:.3em 0'>"
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
 @dataclass
 class FederatedResult:
     """The answer (``df``), how it was planned (``plan``) and what it cost (``trace``)."""
@@ -124,7 +250,21 @@ class FederatedResult:
         """Latency waterfall and transfer volume of this query (a matplotlib Figure)."""
         from fedlab.viz import plot_trace
 
-        return plot_trace(self.trace, title=f"{self.plan.strategy} plan", **kwargs)
+        kwargs.setdefault("title", f"{self.plan.strategy} plan")
+        return plot_trace(self.trace, **kwargs)
+
+    def plot_vs_single(
+        self, single: float | Trace | FederatedResult, ax: Axes | None = None, **kwargs: Any
+    ) -> Axes:
+        """The seed's "single database vs federated" bars for this result.
+
+        ``single`` is the same query's time (seconds) on one database holding all the
+        tables, or that run's Trace / FederatedResult; see
+        :func:`fedlab.viz.plot_single_vs_federated`.
+        """
+        from fedlab.viz import plot_single_vs_federated
+
+        return plot_single_vs_federated(single, self, ax=ax, **kwargs)
 
     def to_pandas(self) -> Any:
         return self.df.to_pandas()
@@ -136,10 +276,40 @@ class FederatedResult:
         return f"{self.df!r}\n{self.trace.summary()}"
 
     def _repr_html_(self) -> str:
+        """The frame (rows shown as ``pl.Config`` says), its size and time, the EXPLAIN tree
+        (collapsed) and the per-fragment trace. SQL is escaped and credentials redacted."""
+        t, p = self.trace, self.plan
+        sources = ", ".join(p.sources) or "no source"
+        headline = (
+            f"<b>{self.df.height:,} row(s) × {self.df.width} column(s)</b> in "
+            f"<b>{_ms(t.total_s)} ms</b> "
+            f"<span style='color:#555'>(plan {_ms(t.planning_s)}, fetch {_ms(t.fetch_s)}, "
+            f"local {_ms(t.residual_s)}) · strategy {safe_text(p.strategy)} · "
+            f"{len(p.fragments)} fragment(s) on {safe_text(sources)} · "
+            f"{t.rows:,} rows / {_human_bytes(t.bytes)} moved</span>"
+        )
+        warning = ""
+        if self.partial or self.missing_sources:
+            missing = ", ".join(self.missing_sources) or "some sources"
+            warning = (
+                f"<div style='color:{ALERT_COLOR}'><b>partial result</b>: "
+                f"{safe_text(missing)} did not answer</div>"
+            )
+        explain = (
+            "<details><summary style='cursor:pointer'>EXPLAIN "
+            f"[{safe_text(p.strategy)}]: {len(p.fragments)} fragment(s)</summary>"
+            f"{plan_html(p)}"
+            "<details><summary style='cursor:pointer;color:#555'>as text</summary>"
+            f"<pre style='font-size:12px'>{safe_text(str(p))}</pre></details></details>"
+        )
+        trace = (
+            "<details open><summary style='cursor:pointer'>trace: where the time and the bytes "
+            f"went</summary>{trace_html(t)}</details>"
+        )
         return (
-            self.df._repr_html_()
-            + f"<div style='color:#555;font-size:90%'>{html.escape(self.trace.summary())}; "
-            f"strategy {html.escape(self.plan.strategy)}; sources: {html.escape(', '.join(self.plan.sources) or '—')}</div>"
+            f"<div class='fedlab-result' style='{_FONT}'>"
+            f"{self.df._repr_html_()}<div style='margin:.3em 0'>{headline}</div>"
+            f"{warning}{explain}{trace}</div>"
         )
 
 
@@ -156,8 +326,37 @@ class Comparison:
 
         return plot_comparison(self, **kwargs)
 
+    def plot_volume(self, ax: Axes | None = None) -> Axes:
+        """Bytes moved per strategy, split by source (:func:`fedlab.viz.plot_volume`)."""
+        from fedlab.viz import plot_volume
+
+        return plot_volume(self, ax=ax)
+
+    @property
+    def mismatches(self) -> list[str]:
+        """Strategies whose answer differs from the first one's (the equality rule)."""
+        if "same_result" not in self.table.columns:
+            return []
+        return [
+            s
+            for s, ok in zip(self.table["strategy"], self.table["same_result"], strict=True)
+            if ok is False
+        ]
+
     def __repr__(self) -> str:
         return repr(self.table)
 
     def _repr_html_(self) -> str:
-        return self.table._repr_html_()
+        bad = self.mismatches
+        verdict = (
+            f"<div style='color:{ALERT_COLOR}'><b>different answers</b>: "
+            f"{safe_text(', '.join(bad))} (see the difference column)</div>"
+            if bad
+            else "<div style='color:#2a7a2a'>every strategy returned the same rows</div>"
+        )
+        return (
+            f"<div class='fedlab-comparison' style='{_FONT}'>"
+            f"<b>{self.table.height} strateg{'y' if self.table.height == 1 else 'ies'}</b>"
+            f"<pre style='font-size:12px;white-space:pre-wrap'>{safe_text(self.sql)}</pre>"
+            f"{self.table._repr_html_()}{verdict}</div>"
+        )

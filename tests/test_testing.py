@@ -112,6 +112,9 @@ def test_plots_are_pure_functions_of_the_trace() -> None:
     assert [tick.get_text() for tick in ax.get_yticklabels()][-1] == "local (Polars)"
     ax = plot_volume(t)
     assert [p.get_width() for p in ax.patches] == pytest.approx([800 / 1024, 8000 / 1024])
+    import matplotlib.pyplot as plt
+
+    plt.close("all")  # later tests check that the figures they show are closed
 
 
 def test_public_api_names() -> None:

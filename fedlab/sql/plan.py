@@ -7,11 +7,14 @@ notebook draws is a function of a Plan and a Trace.
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sqlglot import exp
 
-__all__ = ["Fragment", "Plan"]
+from fedlab.security import redact
+
+__all__ = ["Fragment", "Plan", "plan_html", "source_colors"]
 
 
 @dataclass
@@ -101,20 +104,181 @@ class Plan:
         )
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            "<tr>"
-            f"<td><b>{html.escape(f.id)}</b></td><td>{html.escape(f.source)}</td>"
-            f"<td>{html.escape(f.kind)}</td><td>{html.escape(f.role)}</td>"
-            f"<td>{html.escape('; '.join(f.pushed))}</td>"
-            f"<td><pre style='margin:0'>{html.escape(f.sql)}</pre></td></tr>"
-            for f in self.fragments
+        """The plan drawn as a tree: the local residual on top, one box per fragment under it."""
+        return plan_html(self)
+
+
+# ---------------------------------------------------------------------------- display
+# Shared by the HTML views (here and in fedlab.result) and the plots (fedlab.viz), so that
+# a source has the same color in the plan, the trace table and every chart of one query.
+
+#: Colors given to sources in sorted name order (tab10 without its grey and its red, which
+#: mean "local work" and "something is wrong" in every picture).
+SOURCE_PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#c5b0d5",
+)
+#: Local work (the residual run by Polars).
+LOCAL_COLOR = "#7f7f7f"
+#: Planning (parse, bind, plan).
+PLAN_COLOR = "#c7c7c7"
+#: Errors and mismatches.
+ALERT_COLOR = "#d62728"
+
+_KIND_BADGE = {
+    "postgresql": "#336791",
+    "mysql": "#c0765a",
+    "sqlite": "#4f9a94",
+    "duckdb": "#b8901f",
+}
+
+
+def source_colors(sources: Iterable[str]) -> dict[str, str]:
+    """One color per source name, by sorted name, so every view of a query agrees.
+
+    >>> source_colors(["sales", "crm", "crm"])
+    {'crm': '#1f77b4', 'sales': '#ff7f0e'}
+    """
+    names = sorted(set(sources))
+    return {n: SOURCE_PALETTE[i % len(SOURCE_PALETTE)] for i, n in enumerate(names)}
+
+
+def safe_text(text: object) -> str:
+    """Text made fit for HTML: credentials redacted (:func:`fedlab.security.redact`), then escaped.
+
+    >>> safe_text("<b> postgresql://bob:s3cret@db/crm")
+    '&lt;b&gt; postgresql://bob:***@db/crm'
+    """
+    return html.escape(redact(str(text)))
+
+
+def swatch(color: str) -> str:
+    """A small colored square (the source's color in the charts)."""
+    return (
+        f"<span style='display:inline-block;width:.8em;height:.8em;background:{color};"
+        "border-radius:2px;margin-right:.35em;vertical-align:middle'></span>"
+    )
+
+
+def badge(text: str, color: str = "#666") -> str:
+    return (
+        f"<span style='display:inline-block;padding:0 .45em;margin-left:.35em;border-radius:.6em;"
+        f"font-size:85%;color:white;background:{color}'>{safe_text(text)}</span>"
+    )
+
+
+_FONT = "font-family:var(--jp-ui-font-family,system-ui,sans-serif);font-size:13px;line-height:1.35"
+_MONO = "font-family:var(--jp-code-font-family,monospace);font-size:12px"
+_LINE = "2px solid #b0b0b0"
+
+
+def _pre(text: str) -> str:
+    return (
+        f"<pre style='{_MONO};margin:.3em 0 0 0;padding:.35em .5em;background:rgba(127,127,127,.08);"
+        "border-radius:3px;white-space:pre-wrap;word-break:break-word;text-align:left'>"
+        f"{safe_text(text)}</pre>"
+    )
+
+
+def _box(kind: str, border: str, body: str) -> str:
+    return (
+        f"<div class='fedlab-{kind}' style='border:1px solid #b0b0b0;border-left:5px solid {border};border-radius:4px;"
+        f"padding:.4em .6em;margin:.25em 0;max-width:60em;text-align:left'>{body}</div>"
+    )
+
+
+def _branch(last: bool, content: str) -> str:
+    """One child of a tree node: ├── content (or └── for the last child), pure CSS."""
+    elbow = (
+        f"<div style='height:1.1em;border-left:{_LINE};border-bottom:{_LINE}'></div>"
+        if last
+        else f"<div style='height:100%;border-left:{_LINE}'>"
+        f"<div style='height:1.1em;border-bottom:{_LINE}'></div></div>"
+    )
+    return (
+        "<div style='display:flex;align-items:stretch'>"
+        f"<div style='flex:0 0 1.3em;margin-left:.9em'>{elbow}</div>"
+        f"<div style='flex:1 1 auto;min-width:0'>{content}</div></div>"
+    )
+
+
+def fragment_html(fragment: Fragment, color: str) -> str:
+    """One fragment's box: where it runs, what it reads, what was pushed, the SQL sent."""
+    f = fragment
+    head = (
+        f"{swatch(color)}<b>{safe_text(f.id)}</b> @ <b>{safe_text(f.source)}</b>"
+        f"{badge(f.kind, _KIND_BADGE.get(f.kind, '#666'))}{badge(f.role, '#888')}"
+    )
+    if f.estimated_rows:
+        head += f" <span style='color:#777'>~{f.estimated_rows:,} rows in largest table</span>"
+    lines = [head]
+    if f.tables:
+        lines.append(
+            f"<div><span style='color:#777'>reads</span> {safe_text(', '.join(f.tables))}</div>"
         )
-        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
-        return (
-            f"<div><b>Plan</b> [{html.escape(self.strategy)}]: {len(self.fragments)} fragment(s)"
-            f"<table><tr><th>id</th><th>source</th><th>kind</th><th>role</th><th>pushed</th>"
-            f"<th>SQL sent</th></tr>{rows}</table>"
-            f"<b>Local residual</b><pre>{html.escape(self.residual_text())}</pre>"
-            + (f"<b>Notes</b><ul>{notes}</ul>" if notes else "")
+    if f.columns:
+        cols = ", ".join(f.column_names)
+        lines.append(f"<div><span style='color:#777'>returns</span> {safe_text(cols)}</div>")
+    pushed = "; ".join(f.pushed) if f.pushed else "nothing (whole table)"
+    lines.append(f"<div><span style='color:#777'>pushed</span> {safe_text(pushed)}</div>")
+    lines.append(_pre(f.sql))
+    return _box("fragment", color, "".join(lines))
+
+
+def residual_html(plan: Plan) -> str:
+    """The root box: what fedlab finishes locally (or that a fragment is the answer)."""
+    title = (
+        f"<b>Plan</b> [{safe_text(plan.strategy)}]: {len(plan.fragments)} fragment(s) on "
+        f"{len(plan.sources)} source(s)"
+    )
+    if plan.residual is None:
+        first = plan.fragments[0].id if plan.fragments else "?"
+        body = (
+            f"{title}<div>{swatch(LOCAL_COLOR)}<b>result</b> = fragment {safe_text(first)} "
+            "<span style='color:#777'>(the source's answer is the result: no local work)</span></div>"
+        )
+    else:
+        body = (
+            f"{title}<div>{swatch(LOCAL_COLOR)}<b>local residual</b> (Polars)"
+            + (" <span style='color:#777'>ordered</span>" if plan.ordered else "")
             + "</div>"
+            + _pre(plan.residual_text())
         )
+    if plan.output_columns:
+        body += (
+            f"<div><span style='color:#777'>columns</span> "
+            f"{safe_text(', '.join(plan.output_columns))}</div>"
+        )
+    return _box("residual", LOCAL_COLOR, body)
+
+
+def plan_html(plan: Plan) -> str:
+    """A Plan as an HTML tree (inline CSS only: no script, no stylesheet, nothing fetched)."""
+    colors = source_colors(plan.sources)
+    children = [
+        _branch(i == len(plan.fragments) - 1, fragment_html(f, colors[f.source]))
+        for i, f in enumerate(plan.fragments)
+    ]
+    notes = ""
+    if plan.notes:
+        items = "".join(f"<li>{safe_text(n)}</li>" for n in plan.notes)
+        notes = (
+            f"<div class='fedlab-notes'><b>notes</b><ul style='margin:.2em 0'>{items}</ul></div>"
+        )
+    return (
+        f"<div class='fedlab-plan' style='{_FONT}'>"
+        + residual_html(plan)
+        + "".join(children)
+        + notes
+        + "</div>"
+    )
