@@ -86,6 +86,11 @@ if ((with_servers)); then
             break
         fi
     done
+    # the real-browser test (tests/test_browser.py) drives Debian's Chromium with
+    # playwright; `playwright install` (a browser download) is never used
+    if [[ ! -x /usr/bin/chromium ]]; then
+        missing+=(chromium)
+    fi
 fi
 if ((${#missing[@]})); then
     apt_install "${missing[@]}"
