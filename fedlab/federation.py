@@ -207,10 +207,24 @@ class Federation:
         return bind(parse_query(sql, dialect=self.dialect, params=params), self.catalog)
 
     def explain(
-        self, sql: str, *, strategy: str | None = None, params: Mapping[str, Any] | None = None
+        self,
+        sql: str,
+        *,
+        strategy: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        disable: Sequence[str] = (),
     ) -> Plan:
-        """The plan ``sql`` would run under ``strategy``; nothing is executed."""
-        return plan_query(self.bind(sql, params), self.catalog, strategy or self.strategy, sql)
+        """The plan ``sql`` would run under ``strategy``; nothing is executed.
+
+        ``disable`` switches pushdown rules off (names in ``fedlab.sql.planner.RULES``) to
+        see what a plan looks like, and costs, without them.
+        """
+        plan = plan_query(
+            self.bind(sql, params), self.catalog, strategy or self.strategy, sql, disable
+        )
+        if disable:
+            plan.notes.append(f"pushdown rules switched off: {', '.join(sorted(disable))}")
+        return plan
 
     def sql(
         self,
@@ -219,8 +233,9 @@ class Federation:
         *,
         strategy: str | None = None,
         timeout: float | None = None,
+        disable: Sequence[str] = (),
     ) -> FederatedResult:
-        """Run one read-only query over the attached sources."""
+        """Run one read-only query over the attached sources (``disable``: see explain)."""
         t0 = time.monotonic()
         strategy = strategy or self.strategy
         entry: dict[str, Any] = {
@@ -237,7 +252,7 @@ class Federation:
         }
         self._history.append(entry)
         try:
-            plan = self.explain(sql, strategy=strategy, params=params)
+            plan = self.explain(sql, strategy=strategy, params=params, disable=disable)
             planning = time.monotonic() - t0
             df, trace = execute(
                 plan,

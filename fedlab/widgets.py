@@ -64,7 +64,8 @@ class Explorer:
     """The widget behind :func:`explore`.
 
     Controls: ``query`` (Textarea), ``strategy`` (Dropdown), ``execute`` (Checkbox: run,
-    or plan only), ``sources`` (name -> Checkbox: on, or treated as down), ``run_button``.
+    or plan only), ``rules`` (pushdown rule -> Checkbox: on, or switched off),
+    ``sources`` (name -> Checkbox: on, or treated as down), ``run_button``.
     Views: ``summary``, ``message``, ``plan_view``, ``trace_view`` (HTML) and ``chart``
     (PNG Image). State: ``plan``, ``result``, ``error``; ``widget`` is the whole box.
     """
@@ -96,6 +97,13 @@ class Explorer:
         )
         self.execute = w.Checkbox(value=execute, description="run (off: plan only)", indent=False)
         self.run_button = w.Button(description="Run again", icon="play")
+        from fedlab.sql.planner import RULES
+
+        #: pushdown rule name -> Checkbox (on: the rule is used; see fedlab.sql.planner.RULES)
+        self.rules: dict[str, Any] = {
+            name: w.Checkbox(value=True, description=name, indent=False, tooltip=text)
+            for name, text in RULES.items()
+        }
         self.sources: dict[str, Any] = {
             name: w.Checkbox(value=True, description=name, indent=False)
             for name in fed.catalog.sources
@@ -109,10 +117,12 @@ class Explorer:
         sources_box = w.HBox(
             [w.HTML("<b>sources</b> (off: treated as down)&nbsp;"), *self.sources.values()]
         )
+        rules_box = w.HBox([w.HTML("<b>pushdown rules</b>&nbsp;"), *self.rules.values()])
         self.widget = w.VBox(
             [
                 self.query,
                 w.HBox([self.strategy, self.execute, self.run_button]),
+                rules_box,
                 sources_box,
                 self.summary,
                 self.message,
@@ -125,7 +135,13 @@ class Explorer:
             layout=full,
         )
         self.update()
-        for control in (self.query, self.strategy, self.execute, *self.sources.values()):
+        for control in (
+            self.query,
+            self.strategy,
+            self.execute,
+            *self.rules.values(),
+            *self.sources.values(),
+        ):
             control.observe(self._changed, names="value")
         self.run_button.on_click(lambda _button: self.update())
 
@@ -146,6 +162,11 @@ class Explorer:
         return self.plan.sources if self.plan is not None else []
 
     @property
+    def rules_off(self) -> list[str]:
+        """Pushdown rules switched off in the widget."""
+        return [name for name, box in self.rules.items() if not box.value]
+
+    @property
     def sources_off(self) -> list[str]:
         return [name for name, box in self.sources.items() if not box.value]
 
@@ -159,9 +180,10 @@ class Explorer:
         self.plan, self.result, self.error = None, None, None
         sql, strategy = self.query.value, self.strategy.value
         try:
-            self.plan = self.fed.explain(sql, strategy=strategy, params=self.params)
+            off = self.rules_off
+            self.plan = self.fed.explain(sql, strategy=strategy, params=self.params, disable=off)
             if self.execute.value:
-                self.result = self._runner().sql(sql, self.params, strategy=strategy)
+                self.result = self._runner().sql(sql, self.params, strategy=strategy, disable=off)
         except FedlabError as e:
             self.error = e
         self._render()

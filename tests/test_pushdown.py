@@ -240,3 +240,29 @@ def test_exists_reads_no_columns_and_equal_reads_share_a_fragment() -> None:
     )
     mine = [f for f in got["fragments"] if f.startswith("my:")]
     assert mine == ["my: SELECT `orders`.`user_id` AS `user_id` FROM `orders` AS `orders`"]
+
+
+@pytest.mark.parametrize("rule", ["whole", "projection", "filters", "joins"])
+def test_each_rule_can_be_switched_off(rule: str) -> None:
+    from fedlab.sql.planner import RULES
+
+    assert rule in RULES
+    sql = "SELECT u.name FROM users u JOIN orders o ON u.id = o.user_id WHERE o.status = 'paid'"
+    cat = catalog_for(dict.fromkeys(SCHEMA, "postgresql"))
+    on = plan_query(bind(parse_query(sql), cat), cat, "pushdown", sql)
+    off = plan_query(bind(parse_query(sql), cat), cat, "pushdown", sql, disable=[rule])
+    on_sql = [f.sql for f in on.fragments]
+    off_sql = [f.sql for f in off.fragments]
+    if rule == "whole":
+        assert len(on_sql) == 1 and len(off_sql) == 1 and "JOIN" not in off_sql[0]
+    elif rule == "joins":
+        cat2 = catalog_for(dict.fromkeys(SCHEMA, "postgresql"))
+        off2 = plan_query(bind(parse_query(sql), cat2), cat2, "pushdown", sql, ["whole", "joins"])
+        assert len(off2.fragments) == 2
+    else:
+        base = ["whole", "joins"]
+        whole_off = plan_query(bind(parse_query(sql), cat), cat, "pushdown", sql, base)
+        both = plan_query(bind(parse_query(sql), cat), cat, "pushdown", sql, [*base, rule])
+        assert [f.sql for f in both.fragments] != [f.sql for f in whole_off.fragments]
+    with pytest.raises(fl.PlanError, match="unknown pushdown rule"):
+        plan_query(bind(parse_query(sql), cat), cat, "pushdown", sql, ["nope"])

@@ -112,3 +112,19 @@ def test_federate_explore_subcommand(tmp_path, monkeypatch, fed):
     assert isinstance(ex, Explorer) and ex.strategy.value == "naive" and ex.result.df.height > 0
     ex = ip.run_cell("%%federate explore\nSELECT 1 AS x").result
     assert ex.result.df["x"][0] == 1
+
+
+def test_switching_a_pushdown_rule_off_changes_the_plan_and_the_bytes() -> None:
+    import fedlab as fl
+
+    fed = fl.demo.federation()
+    ex = fl.explore(fed, fl.demo.SEED_QUERY)
+    before = ex.result.trace.bytes
+    assert "projection" in ex.plan_text
+    ex.rules["projection"].value = False
+    assert ex.rules_off == ["projection"]
+    assert "switched off: projection" in ex.plan_text
+    assert ex.result.trace.bytes > before  # whole rows travel now
+    ex.rules["filters"].value = False
+    assert "filter u.country" not in ex.plan_text
+    fl.testing.assert_same_result(ex.result.df, fed.sql(fl.demo.SEED_QUERY).df)

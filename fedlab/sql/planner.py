@@ -17,6 +17,7 @@ The residual keeps every fragment as a table named ``f<n>`` and is run by Polars
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 
 from sqlglot import exp
 
@@ -32,14 +33,37 @@ __all__ = ["STRATEGIES", "plan_query"]
 
 STRATEGIES = ("naive", "pushdown", "auto")
 
+#: the pushdown rules, each of which can be switched off (``fed.sql(..., disable=…)``, the
+#: explorer widget): what a plan looks like without it, and what it costs
+RULES = {
+    "whole": "send a whole (sub)query to the one source that holds all its tables",
+    "projection": "read only the columns the query needs",
+    "filters": "push single-table filters to the source",
+    "joins": "run joins between tables of one source on that source",
+    "implied_filters": "derive per-table filters from OR predicates",
+    "decorrelate": "turn correlated SUM/AVG/MIN/MAX subqueries into pushed GROUP BYs",
+}
 
-def plan_query(bound: BoundQuery, catalog: Catalog, strategy: str = "auto", sql: str = "") -> Plan:
+
+def plan_query(
+    bound: BoundQuery,
+    catalog: Catalog,
+    strategy: str = "auto",
+    sql: str = "",
+    disable: Iterable[str] = (),
+) -> Plan:
     """Plan ``bound`` under ``strategy``; the bound tree itself is not modified."""
     if strategy not in STRATEGIES:
         raise PlanError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    return _Planner(catalog, "naive" if strategy == "naive" else "pushdown", strategy).run(
-        bound, sql
-    )
+    off = frozenset(disable)
+    unknown = off - set(RULES)
+    if unknown:
+        raise PlanError(
+            f"unknown pushdown rule(s) {sorted(unknown)}; the rules are {', '.join(RULES)}"
+        )
+    planner = _Planner(catalog, "naive" if strategy == "naive" else "pushdown", strategy)
+    planner.off = off
+    return planner.run(bound, sql)
 
 
 class _Planner:
@@ -52,6 +76,7 @@ class _Planner:
         self.notes: list[str] = []
         self.counter = itertools.count(1)
         self.root: exp.Query | None = None
+        self.off: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------ entry
     def run(self, bound: BoundQuery, sql: str) -> Plan:
@@ -63,7 +88,9 @@ class _Planner:
             self._naive(tree)
             new_root = tree
         else:
-            if rules.decorrelate_scalar_aggregates(tree, itertools.count(1)):
+            if "decorrelate" not in self.off and rules.decorrelate_scalar_aggregates(
+                tree, itertools.count(1)
+            ):
                 self.notes.append(
                     "correlated scalar aggregate subquery rewritten as a grouped lookup "
                     "(the aggregate is pushed to its source)"
@@ -128,7 +155,7 @@ class _Planner:
     ) -> Fragment:
         info: TableInfo = table.meta["fedlab_table"]
         alias = table.alias_or_name
-        if whole:
+        if whole or "projection" in self.off:
             names = [c.name for c in info.columns]
         else:  # in the table's column order: equal reads give equal SQL (one fragment)
             needed = rules.needed_columns(self.root, alias)
@@ -184,7 +211,7 @@ class _Planner:
             if new is not inner:
                 inner.replace(new)
             return node
-        source = rules.single_source(node)
+        source = None if "whole" in self.off else rules.single_source(node)
         if source is not None:
             kind = self.catalog.sources[source].kind
             reason = blocker(node, kind)
@@ -305,9 +332,13 @@ class _Planner:
         filters: dict[str, list[exp.Expression]] = {a: [] for a in by_alias}
         removed: list[exp.Expression] = []
         for c, origin_join in (
-            [(c, None) for c in where_conj]
-            + [(c, j) for j, c in inner_on]
-            + [(c, j) for j, c in left_on]
+            []
+            if "filters" in self.off
+            else (
+                [(c, None) for c in where_conj]
+                + [(c, j) for j, c in inner_on]
+                + [(c, j) for j, c in left_on]
+            )
         ):
             refs = rules.aliases_of(c)
             if len(refs) != 1 or not usable(c):
@@ -332,7 +363,7 @@ class _Planner:
         # implied single-table filters from disjunctions (TPC-H Q19): from
         # (a.x = 1 AND b.y = 2) OR (a.x = 3 AND …) each table gets OR(its own conjuncts);
         # the original predicate stays in the residual
-        for c in where_conj + [c for _, c in inner_on]:
+        for c in [] if "implied_filters" in self.off else where_conj + [c for _, c in inner_on]:
             if not isinstance(c, exp.Or) or not usable(c):
                 continue
             for alias in by_alias:
@@ -346,7 +377,7 @@ class _Planner:
         # same-source joins (inner-join scopes only)
         groups: list[list[str]] = []
         join_preds: dict[int, list[exp.Expression]] = {}
-        if not outer and len(tables) > 1:
+        if not outer and len(tables) > 1 and "joins" not in self.off:
             by_source: dict[str, list[str]] = {}
             for a, t in by_alias.items():
                 by_source.setdefault(t.meta["fedlab_table"].source, []).append(a)
