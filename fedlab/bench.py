@@ -52,6 +52,7 @@ __all__ = [
     "TABLES",
     "BenchConfig",
     "compare",
+    "drop_databases",
     "ensure_indexes",
     "geometric_mean",
     "is_ordered",
@@ -308,6 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--json", type=Path, metavar="PATH", help="also write machine-readable results to PATH"
+    )
+    p.add_argument(
+        "--drop",
+        action="store_true",
+        help="drop the benchmark's server databases (PREFIX_pg, PREFIX_my, PREFIX_mono) and exit",
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
@@ -570,6 +576,19 @@ def prepare_databases(
             )
         log(f"  loaded in {time.perf_counter() - t0:.1f} s")
     return targets, monolith
+
+
+def drop_databases(cfg: BenchConfig, *, log: Callable[[str], None] = print) -> None:
+    """Drop the server databases :func:`prepare_databases` made (the cache stays)."""
+    load = importlib.import_module("fedlab.load")
+    for server, suffix in (
+        (cfg.server_pg, "pg"),
+        (cfg.server_mysql, "my"),
+        (cfg.server_pg, "mono"),
+    ):
+        name = f"{cfg.db_prefix}_{suffix}"
+        load.drop_database(server, name)
+        log(f"dropped {name} (if it existed)")
 
 
 # ---------------------------------------------------------------------- running
@@ -1034,11 +1053,16 @@ def render_markdown(results: pl.DataFrame, summary: dict[str, Any], meta: dict[s
     versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
     servers = ", ".join(f"{k} {v}" for k, v in meta.get("servers", {}).items())
     out = [
-        f"## TPC-H SF {meta.get('sf', '?'):g} — {meta.get('date', '?')}",
+        f"### Run: TPC-H SF {meta.get('sf', '?'):g}, {meta.get('date', '?')}",
         "",
         f"- command: `{meta.get('command', '?')}`",
         f"- machine: `{meta.get('machine', '?')}`, {meta.get('nproc', '?')} CPUs"
-        + (f", {meta['os']}" if meta.get("os") else ""),
+        + (f", {meta['os']}" if meta.get("os") else "")
+        + (
+            f"; load average {meta['load'][0]:.1f} at the start, {meta['load'][1]:.1f} at the end"
+            if meta.get("load")
+            else ""
+        ),
         f"- versions: {versions}" if versions else "- versions: ?",
     ]
     if servers:
@@ -1052,7 +1076,7 @@ def render_markdown(results: pl.DataFrame, summary: dict[str, Any], meta: dict[s
     out += [
         f"- runs per query and strategy: {meta.get('repeat', 1)} (median reported)",
         "",
-        "### Summary",
+        "#### Summary",
         "",
         "| measure | value |",
         "|---|---|",
@@ -1060,7 +1084,7 @@ def render_markdown(results: pl.DataFrame, summary: dict[str, Any], meta: dict[s
     out += [f"| {_md_escape(k)} | {_md_escape(v)} |" for k, v in _summary_items(summary)]
     out += [
         "",
-        "### Per query",
+        "#### Per query",
         "",
         "| " + " | ".join(_HEADERS) + " |",
         "|---|---|---|--:|--:|--:|--:|",
@@ -1070,7 +1094,7 @@ def render_markdown(results: pl.DataFrame, summary: dict[str, Any], meta: dict[s
     ]
     problems = _problems(results)
     if problems:
-        out += ["", "### Failures", ""]
+        out += ["", "#### Failures", ""]
         out += [
             "- **{} {}**: `{}`".format(q, s, _md_escape(_shorten(msg, 400)).replace("`", "'"))
             for q, s, msg in problems
@@ -1143,6 +1167,14 @@ def _server_versions(targets: Sequence[Target]) -> dict[str, str]:
     return out
 
 
+def _load() -> float | None:
+    """The 1-minute load average (None where the OS has none): noise is part of a result."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def _command(argv: Sequence[str] | None) -> str:
     """The command line of this run, as a person would type it again."""
     if argv is not None:
@@ -1179,7 +1211,11 @@ def main(argv: list[str] | None = None) -> int:
         if not cfg.quiet:
             print(msg, file=sys.stderr, flush=True)
 
+    if args.drop:
+        drop_databases(cfg, log=log)
+        return 0
     started = dt.datetime.now(dt.UTC)
+    load_start = _load()
     data, queries = load_tpch(cfg.sf, cfg.data_dir, log=log)
     targets, monolith = prepare_databases(cfg, data, log=log)
     del data
@@ -1195,6 +1231,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeat": cfg.repeat,
         "machine": platform.machine(),
         "nproc": os.cpu_count(),
+        "load": [load_start, _load()] if load_start is not None else None,
         "os": f"{platform.system()} {platform.release()}",
         "versions": _versions(),
         "servers": _server_versions(targets),
