@@ -16,17 +16,20 @@ from typing import Any
 
 import polars as pl
 
+from fedlab.cache import FragmentCache
 from fedlab.catalog import Catalog
 from fedlab.config import load_config
 from fedlab.errors import ConfigError, FedlabError
 from fedlab.execute.executor import Progress, execute
 from fedlab.execute.fetch import Fetcher, default_fetch
+from fedlab.policy import Policy, check_plan, make_policy, run_guards
 from fedlab.result import Comparison, FederatedResult
 from fedlab.source import Source
 from fedlab.sql.bind import BoundQuery, bind
 from fedlab.sql.parse import parse_query
 from fedlab.sql.plan import Plan
 from fedlab.sql.planner import STRATEGIES, plan_query
+from fedlab.sql.shards import declare_shard
 
 __all__ = ["Federation"]
 
@@ -67,6 +70,9 @@ class Federation:
         self.progress: Progress | None = progress
         self.catalog = Catalog()
         self._history: list[dict[str, Any]] = []
+        #: opt-in fragment cache (``fed.cache.enable(...)``, ``fed.cache.clear(source=...)``)
+        self.cache = FragmentCache()
+        self._policy: Policy | None = None
 
     # ------------------------------------------------------------------ sources
     @classmethod
@@ -100,6 +106,38 @@ class Federation:
         source = Source.from_url(name, url, tags=dict(tags or {}), base_dir=base_dir, **options)
         self.catalog.add(source)
         return self
+
+    def shard(
+        self,
+        name: str,
+        *,
+        key: str,
+        method: str = "hash",
+        shards: Mapping[str, str],
+        bounds: Mapping[str, Any] | None = None,
+        values: Mapping[str, Any] | None = None,
+        table: str | None = None,
+    ) -> Federation:
+        """Declare ``name`` as one logical table over several shards with the same schema.
+
+        See :func:`fedlab.sql.shards.declare_shard` for the arguments.
+        """
+        declare_shard(
+            self,
+            name,
+            key=key,
+            method=method,
+            shards=shards,
+            bounds=bounds,
+            values=values,
+            table=table,
+        )
+        return self
+
+    def policy(self, **rules: Any) -> Policy:
+        """Set the federation's access and residency rules (see :mod:`fedlab.policy`)."""
+        self._policy = make_policy(self._policy, **rules)
+        return self._policy
 
     def detach(self, name: str) -> None:
         if name not in self.catalog.sources:
@@ -213,6 +251,7 @@ class Federation:
         strategy: str | None = None,
         params: Mapping[str, Any] | None = None,
         disable: Sequence[str] = (),
+        tenant: str | None = None,
     ) -> Plan:
         """The plan ``sql`` would run under ``strategy``; nothing is executed.
 
@@ -220,10 +259,17 @@ class Federation:
         see what a plan looks like, and costs, without them.
         """
         plan = plan_query(
-            self.bind(sql, params), self.catalog, strategy or self.strategy, sql, disable
+            self.bind(sql, params),
+            self.catalog,
+            strategy or self.strategy,
+            sql,
+            disable,
+            tenant=tenant,
+            max_workers=self.max_workers,
         )
         if disable:
             plan.notes.append(f"pushdown rules switched off: {', '.join(sorted(disable))}")
+        check_plan(plan, self.catalog, self._policy)
         return plan
 
     def sql(
@@ -234,8 +280,13 @@ class Federation:
         strategy: str | None = None,
         timeout: float | None = None,
         disable: Sequence[str] = (),
+        tenant: str | None = None,
     ) -> FederatedResult:
-        """Run one read-only query over the attached sources (``disable``: see explain)."""
+        """Run one read-only query over the attached sources.
+
+        ``disable``: pushdown rules to switch off (see explain); ``tenant``: read only that
+        tenant's shards and sources.
+        """
         t0 = time.monotonic()
         strategy = strategy or self.strategy
         entry: dict[str, Any] = {
@@ -252,14 +303,18 @@ class Federation:
         }
         self._history.append(entry)
         try:
-            plan = self.explain(sql, strategy=strategy, params=params, disable=disable)
+            plan = self.explain(
+                sql, strategy=strategy, params=params, disable=disable, tenant=tenant
+            )
             planning = time.monotonic() - t0
+            timeout = timeout if timeout is not None else self.timeout
+            run_guards(plan, self.catalog, self._policy, t0 + timeout if timeout else None)
             df, trace = execute(
                 plan,
                 self.catalog,
-                fetch=self.fetch,
+                fetch=self.cache.wrap(self.fetch),
                 max_workers=self.max_workers,
-                timeout=timeout if timeout is not None else self.timeout,
+                timeout=timeout,
                 t0=t0,
                 progress=self.progress,
             )

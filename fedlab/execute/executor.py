@@ -72,6 +72,7 @@ def execute(
             rows=res.df.height,
             bytes=res.nbytes,
             reader=res.reader,
+            cache_hit=res.cache_hit,
         )
         notify("end", frag, entry)
         return frag, res, entry

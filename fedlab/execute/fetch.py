@@ -40,6 +40,7 @@ class FetchResult:
     df: pl.DataFrame
     nbytes: int
     reader: str
+    cache_hit: bool = False
 
 
 #: the seam's signature

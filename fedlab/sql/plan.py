@@ -42,6 +42,8 @@ class Fragment:
     pushed: list[str] = field(default_factory=list)
     role: str = "table"
     estimated_rows: int | None = None
+    #: concurrent range reads of a large fragment: (output column, low, high, partitions)
+    partition: tuple[str, int, int, int] | None = None
 
     @property
     def column_names(self) -> list[str]:

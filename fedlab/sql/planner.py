@@ -26,8 +26,10 @@ from fedlab.errors import PlanError
 from fedlab.sql import pushdown as rules
 from fedlab.sql.bind import BoundQuery
 from fedlab.sql.dialects import blocker, to_source_sql
+from fedlab.sql.partition import assign_partitions
 from fedlab.sql.plan import Fragment, Plan
 from fedlab.sql.residual import residual_sql
+from fedlab.sql.shards import expand_shards
 
 __all__ = ["STRATEGIES", "plan_query"]
 
@@ -51,8 +53,14 @@ def plan_query(
     strategy: str = "auto",
     sql: str = "",
     disable: Iterable[str] = (),
+    *,
+    tenant: str | None = None,
+    max_workers: int = 8,
 ) -> Plan:
-    """Plan ``bound`` under ``strategy``; the bound tree itself is not modified."""
+    """Plan ``bound`` under ``strategy``; the bound tree itself is not modified.
+
+    ``tenant``: only the shards (and sources) of that tenant are read.
+    """
     if strategy not in STRATEGIES:
         raise PlanError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     off = frozenset(disable)
@@ -63,7 +71,11 @@ def plan_query(
         )
     planner = _Planner(catalog, "naive" if strategy == "naive" else "pushdown", strategy)
     planner.off = off
-    return planner.run(bound, sql)
+    planner.tenant = tenant
+    plan = planner.run(bound, sql)
+    if strategy != "naive":
+        assign_partitions(plan, catalog, max_workers=max_workers)
+    return plan
 
 
 class _Planner:
@@ -77,10 +89,18 @@ class _Planner:
         self.counter = itertools.count(1)
         self.root: exp.Query | None = None
         self.off: frozenset[str] = frozenset()
+        self.tenant: str | None = None
 
     # ------------------------------------------------------------------ entry
     def run(self, bound: BoundQuery, sql: str) -> Plan:
         tree = bound.tree.copy()
+        tree = expand_shards(
+            tree,
+            self.catalog,
+            naive=self.mode == "naive",
+            tenant=self.tenant,
+            notes=self.notes,
+        )
         _exists_select_one(tree)
         self.root = tree
         outputs = list(tree.named_selects)
