@@ -18,9 +18,11 @@ The tree::
     │   ├── UnsupportedSQLError     valid SQL fedlab cannot plan
     │   └── ParameterError          a missing or unusable ``:param``
     ├── PlanError                   the planner could not produce a plan
-    └── ExecutionError              a fragment or the residual failed
-        ├── FragmentError           names the source and the fragment
-        └── QueryTimeoutError
+    ├── ExecutionError              a fragment or the residual failed
+    │   ├── FragmentError           names the source and the fragment
+    │   └── QueryTimeoutError
+    └── PolicyError                 a query the federation's policy forbids (fedlab.policy)
+        └── ResidencyError          data would leave a protected source in a forbidden form
 
 Messages say what and where, and never carry a password: every message passes
 through :func:`fedlab.security.redact` before it is raised.
@@ -40,7 +42,9 @@ __all__ = [
     "NotAQueryError",
     "ParameterError",
     "PlanError",
+    "PolicyError",
     "QueryTimeoutError",
+    "ResidencyError",
     "SQLError",
     "SQLSyntaxError",
     "SourceError",
@@ -135,3 +139,48 @@ class FragmentError(ExecutionError):
 
 class QueryTimeoutError(ExecutionError):
     """The query (or one fragment) passed its deadline."""
+
+
+class PolicyError(FedlabError):
+    """A query the federation's policy (``fed.policy(...)``) forbids; nothing was fetched."""
+
+
+class ResidencyError(PolicyError):
+    """Data would leave a protected source (``fed.policy(residency=...)``) in a form its rule
+    forbids: rows, keys, or groups smaller than ``k``. The message names the table, the
+    source, the rule and what would be allowed.
+
+    Attributes:
+        source: the protected source.
+        table: the table(s) concerned (``source.table``, comma separated).
+        rule: the rule, as ``'selector': mode``.
+        fragment: id of the refused fragment (``f1``…), or "".
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str = "",
+        table: str = "",
+        rule: str = "",
+        fragment: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.source = source
+        self.table = table
+        self.rule = rule
+        self.fragment = fragment
+
+
+class ShardError(CatalogError):
+    """A sharded logical table is declared wrongly: shards whose schemas differ, a
+    missing key column, overlapping ranges, list values on two shards... (names the
+    shard and the column)."""
+
+
+class TenantError(PlanError):
+    """A query run for one tenant (``tenant=``) would read another tenant's source."""
+
+
+__all__ += ["ShardError", "TenantError"]
