@@ -46,6 +46,16 @@ class TraceEntry:
     def seconds(self) -> float:
         return self.end - self.start
 
+    @property
+    def moved_bytes(self) -> int:
+        """Bytes this fragment moved from its source (0 for a cache hit)."""
+        return 0 if self.cache_hit else self.bytes
+
+    @property
+    def moved_rows(self) -> int:
+        """Rows this fragment moved from its source (0 for a cache hit)."""
+        return 0 if self.cache_hit else self.rows
+
 
 @dataclass
 class Trace:
@@ -65,16 +75,40 @@ class Trace:
 
     @property
     def rows(self) -> int:
-        """Rows moved from the sources."""
-        return sum(e.rows for e in self.entries)
+        """Rows moved from the sources (cache hits excluded: see :attr:`cache_rows`)."""
+        return sum(e.moved_rows for e in self.entries)
 
     @property
     def bytes(self) -> int:
-        """Bytes moved from the sources (Arrow size of what each fragment returned)."""
-        return sum(e.bytes for e in self.entries)
+        """Bytes moved from the sources (Arrow size of what each fragment returned).
+
+        A fragment answered by the fragment cache moved nothing: its size is in
+        :attr:`cache_bytes`, not here, so a warm query shows what it really cost.
+        """
+        return sum(e.moved_bytes for e in self.entries)
+
+    @property
+    def cache_hits(self) -> int:
+        """Fragments answered by the fragment cache."""
+        return sum(1 for e in self.entries if e.cache_hit)
+
+    @property
+    def cache_rows(self) -> int:
+        """Rows the fragment cache served (they did not move)."""
+        return sum(e.rows for e in self.entries if e.cache_hit)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Arrow size of what the fragment cache served (bytes that did not move)."""
+        return sum(e.bytes for e in self.entries if e.cache_hit)
 
     def to_polars(self) -> pl.DataFrame:
-        """One row per fragment: fragment, source, kind, start, end, seconds, rows, bytes…"""
+        """One row per fragment: fragment, source, kind, start, end, seconds, rows, bytes…
+
+        ``rows`` and ``bytes`` are what the fragment delivered; where a row's ``cache_hit``
+        is true they came from the fragment cache, not from the source (sum
+        ``bytes`` over ``~cache_hit`` for the bytes moved, or use :attr:`bytes`).
+        """
         return pl.DataFrame(
             {
                 "fragment": [e.fragment for e in self.entries],
@@ -105,26 +139,33 @@ class Trace:
         """Sources read, in the order their first fragment appears."""
         return list(dict.fromkeys(e.source for e in self.entries))
 
-    def by_source(self) -> pl.DataFrame:
+    def by_source(self, *, cache: bool = False) -> pl.DataFrame:
         """One row per source: kind, fragments, rows and bytes moved, seconds spent fetching.
 
         ``seconds`` adds up the source's fragments (work done), so with parallel fetches the
-        sum over sources can exceed the trace's wall-clock ``fetch_s``.
+        sum over sources can exceed the trace's wall-clock ``fetch_s``. ``rows`` and
+        ``bytes`` count what moved from the source; with ``cache=True`` three more columns
+        say what the fragment cache served instead: ``cache_hits``, ``cache_rows``,
+        ``cache_bytes``.
         """
         rows = []
         for name in self.sources:
             mine = [e for e in self.entries if e.source == name]
-            rows.append(
-                {
-                    "source": name,
-                    "kind": mine[0].kind,
-                    "fragments": len(mine),
-                    "rows": sum(e.rows for e in mine),
-                    "bytes": sum(e.bytes for e in mine),
-                    "seconds": sum(e.seconds for e in mine),
-                }
-            )
-        schema = {
+            row: dict[str, Any] = {
+                "source": name,
+                "kind": mine[0].kind,
+                "fragments": len(mine),
+                "rows": sum(e.moved_rows for e in mine),
+                "bytes": sum(e.moved_bytes for e in mine),
+                "seconds": sum(e.seconds for e in mine),
+            }
+            if cache:
+                hits = [e for e in mine if e.cache_hit]
+                row["cache_hits"] = len(hits)
+                row["cache_rows"] = sum(e.rows for e in hits)
+                row["cache_bytes"] = sum(e.bytes for e in hits)
+            rows.append(row)
+        schema: dict[str, Any] = {
             "source": pl.String,
             "kind": pl.String,
             "fragments": pl.Int64,
@@ -132,6 +173,8 @@ class Trace:
             "bytes": pl.Int64,
             "seconds": pl.Float64,
         }
+        if cache:
+            schema |= {"cache_hits": pl.Int64, "cache_rows": pl.Int64, "cache_bytes": pl.Int64}
         return pl.DataFrame(rows, schema=schema)
 
     def plot(self, **kwargs: Any) -> Figure:
@@ -144,8 +187,15 @@ class Trace:
         return f"<div style='{_FONT}'>{trace_html(self)}</div>"
 
     def summary(self) -> str:
+        cached = (
+            f" ({self.cache_hits} from cache: {self.cache_rows:,} rows / "
+            f"{_human_bytes(self.cache_bytes)} not moved)"
+            if self.cache_hits
+            else ""
+        )
         return (
-            f"{len(self.entries)} fragment(s), {self.rows:,} rows / {_human_bytes(self.bytes)} moved; "
+            f"{len(self.entries)} fragment(s), {self.rows:,} rows / {_human_bytes(self.bytes)} moved"
+            f"{cached}; "
             f"plan {self.planning_s * 1000:.1f} ms, fetch {self.fetch_s * 1000:.1f} ms, "
             f"local {self.residual_s * 1000:.1f} ms, total {self.total_s * 1000:.1f} ms"
         )
@@ -165,6 +215,10 @@ def _human_bytes(n: float) -> str:
 _FONT = "font-family:var(--jp-ui-font-family,system-ui,sans-serif);font-size:13px"
 _CELL = "padding:.15em .6em;text-align:right;vertical-align:top"
 _LEFT = "padding:.15em .6em;text-align:left;vertical-align:top"
+#: background of a row answered by the fragment cache (hatched, like the charts' bars)
+_HATCH = (
+    "background:repeating-linear-gradient(135deg,rgba(127,127,127,.10) 0 4px,transparent 4px 8px)"
+)
 
 
 def _ms(seconds: float) -> str:
@@ -175,7 +229,9 @@ def trace_html(trace: Trace) -> str:
     """The per-fragment trace as an HTML table, the local (residual) step and a total row.
 
     Columns: fragment, source, kind, rows, bytes, ms, reader (start and notes when they say
-    something). The SQL of each fragment is its tooltip, redacted and escaped.
+    something). The SQL of each fragment is its tooltip, redacted and escaped. A fragment
+    answered by the fragment cache has a hatched row, its bytes in italics and "cache hit"
+    in its notes; the total row counts bytes moved from sources, then what the cache served.
     """
     colors = source_colors(trace.sources)
     head = "".join(
@@ -201,13 +257,19 @@ def trace_html(trace: Trace) -> str:
             notes.append(f"{e.retries} retr{'y' if e.retries == 1 else 'ies'}")
         if e.error:
             notes.append(f"<span style='color:{ALERT_COLOR}'>{safe_text(e.error)}</span>")
+        row_style = f" class='fedlab-cache-hit' style='{_HATCH}'" if e.cache_hit else ""
+        size = (
+            f"<i title='served by the fragment cache: not moved'>{_human_bytes(e.bytes)}</i>"
+            if e.cache_hit
+            else _human_bytes(e.bytes)
+        )
         body.append(
-            f"<tr title='{safe_text(e.sql)}'>"
+            f"<tr title='{safe_text(e.sql)}'{row_style}>"
             f"<td style='{_LEFT}'><b>{safe_text(e.fragment)}</b></td>"
             f"<td style='{_LEFT}'>{swatch(colors[e.source])}{safe_text(e.source)}</td>"
             f"<td style='{_LEFT}'>{safe_text(e.kind)}</td>"
             f"<td style='{_CELL}'>{e.rows:,}</td>"
-            f"<td style='{_CELL}'>{_human_bytes(e.bytes)}</td>"
+            f"<td style='{_CELL}'>{size}</td>"
             f"<td style='{_CELL}'>{_ms(e.seconds)}</td>"
             f"<td style='{_CELL}'>{_ms(e.start)}</td>"
             f"<td style='{_LEFT}'>{safe_text(e.reader)}</td>"
@@ -230,6 +292,14 @@ def trace_html(trace: Trace) -> str:
         f"<td style='{_LEFT}' colspan='2' >{swatch(PLAN_COLOR)}plan {_ms(trace.planning_s)} ms, "
         f"fetch {_ms(trace.fetch_s)} ms</td></tr>"
     )
+    if trace.cache_hits:
+        body.append(
+            f"<tr class='fedlab-cache-hit' style='color:#555;{_HATCH}'>"
+            f"<td style='{_LEFT}' colspan='3'>from cache ({trace.cache_hits} fragment(s))</td>"
+            f"<td style='{_CELL}'>{trace.cache_rows:,}</td>"
+            f"<td style='{_CELL}'><i>{_human_bytes(trace.cache_bytes)}</i></td>"
+            f"<td style='{_LEFT}' colspan='4'>served by the fragment cache: not moved</td></tr>"
+        )
     return (
         "<table class='fedlab-trace' style='border-collapse:collapse;margin:.3em 0'>"
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -286,7 +356,13 @@ class FederatedResult:
             f"<span style='color:#555'>(plan {_ms(t.planning_s)}, fetch {_ms(t.fetch_s)}, "
             f"local {_ms(t.residual_s)}) · strategy {safe_text(p.strategy)} · "
             f"{len(p.fragments)} fragment(s) on {safe_text(sources)} · "
-            f"{t.rows:,} rows / {_human_bytes(t.bytes)} moved</span>"
+            f"{t.rows:,} rows / {_human_bytes(t.bytes)} moved"
+            + (
+                f" · {t.cache_hits} fragment(s) from cache ({_human_bytes(t.cache_bytes)} not moved)"
+                if t.cache_hits
+                else ""
+            )
+            + "</span>"
         )
         warning = ""
         if self.partial or self.missing_sources:

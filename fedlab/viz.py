@@ -71,12 +71,46 @@ def _byte_unit(largest: float) -> tuple[str, float]:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _legend_handles(colors: dict[str, str], extra: Sequence[tuple[str, str]] = ()) -> list:
+def _legend_handles(
+    colors: dict[str, str], extra: Sequence[tuple[str, str]] = (), *, cache: bool = False
+) -> list:
     from matplotlib.patches import Patch
 
-    return [Patch(color=c, label=name) for name, c in colors.items()] + [
+    handles = [Patch(color=c, label=name) for name, c in colors.items()] + [
         Patch(color=c, label=name) for name, c in extra
     ]
+    if cache:  # what a hatched bar means
+        handles.append(Patch(facecolor="white", edgecolor="#555", hatch=CACHE_HATCH, label="cache"))
+    return handles
+
+
+#: How a fragment answered by the fragment cache is drawn (its bytes did not move).
+CACHE_HATCH = "//"
+
+
+def _cache_bar(
+    ax: Axes,
+    horizontal: bool,
+    pos: float,
+    size: float,
+    start: float,
+    color: str,
+    *,
+    mismatch: bool = False,
+) -> Any:
+    """A hatched segment in the source's color: bytes served by the fragment cache.
+
+    In a strategy whose answer differs, the mismatch marking (red "xx") wins.
+    """
+    style = {
+        "facecolor": "white",
+        "edgecolor": ALERT_COLOR if mismatch else color,
+        "hatch": "xx" if mismatch else CACHE_HATCH,
+        "linewidth": 0.8,
+    }
+    if horizontal:
+        return ax.barh(pos, size, left=start, **style)
+    return ax.bar(pos, size, bottom=start, width=0.6, **style)
 
 
 # ---------------------------------------------------------------------- one result
@@ -108,7 +142,7 @@ def plot_waterfall(trace: Trace | FederatedResult, ax: Axes | None = None) -> Ax
             max(e.seconds * 1000, _MIN_MS),
             left=e.start * 1000,
             color=colors[e.source],
-            hatch="//" if e.cache_hit else None,
+            hatch=CACHE_HATCH if e.cache_hit else None,
             edgecolor=ALERT_COLOR if e.error else "white",
             linewidth=2 if e.error else 0.5,
         )
@@ -150,7 +184,7 @@ def plot_waterfall(trace: Trace | FederatedResult, ax: Axes | None = None) -> Ax
     )
     ax.set_title("latency waterfall")
     ax.legend(
-        handles=_legend_handles(colors, extra),
+        handles=_legend_handles(colors, extra, cache=any(e.cache_hit for e in t.entries)),
         fontsize=8,
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),
@@ -164,37 +198,45 @@ def plot_volume(data: Trace | FederatedResult | Comparison, ax: Axes | None = No
     """Transfer volume: bytes and rows moved from each source.
 
     For one result (a Trace or FederatedResult): one horizontal bar per source, its bytes,
-    with the rows and fragments it sent written next to it. For a Comparison: one stacked
-    bar per strategy, split by source, rows moved on top; strategies whose answer differs
-    (``same_result`` False) are hatched red and their label marked ✗.
+    with the rows and fragments it sent written next to it. What the fragment cache served
+    instead of the source follows as a hatched segment labelled "cache" (drawn after all
+    the solid bars; those bytes did not move and are not in the axis' total). For a
+    Comparison: one stacked bar per strategy, split by source (cache hits hatched on top),
+    rows moved on top; strategies whose answer differs (``same_result`` False) are hatched
+    red and their label marked ✗.
     """
     if isinstance(data, Comparison):
         return _comparison_volume(data, ax)
     t = _trace(data)
-    per = t.by_source()
+    per = t.by_source(cache=True)
     created = ax is None
     if created:
         ax = _new_axes((5.5, 0.9 + 0.45 * max(per.height, 1)))
     colors = source_colors(per["source"])
-    unit, scale = _byte_unit(max(per["bytes"].to_list(), default=0))
+    totals = [m + c for m, c in zip(per["bytes"], per["cache_bytes"], strict=True)]
+    unit, scale = _byte_unit(max(totals, default=0))
     widths = [b / scale for b in per["bytes"]]
     ax.barh(range(per.height), widths, color=[colors[s] for s in per["source"]])
-    pad = max(widths, default=0) * 0.02
     for i, row in enumerate(per.iter_rows(named=True)):
-        ax.text(
-            widths[i] + pad,
-            i,
-            f"{row['rows']:,} rows · {row['fragments']} frag.",
-            va="center",
-            fontsize=8,
-            color="#333",
-        )
+        if row["cache_bytes"]:
+            _cache_bar(ax, True, i, row["cache_bytes"] / scale, widths[i], colors[row["source"]])
+    ends = [b / scale for b in totals]
+    pad = max(ends, default=0) * 0.02
+    for i, row in enumerate(per.iter_rows(named=True)):
+        text = f"{row['rows']:,} rows · {row['fragments']} frag."
+        if row["cache_hits"]:
+            text += f" · cache: {row['cache_rows']:,} rows"
+        ax.text(ends[i] + pad, i, text, va="center", fontsize=8, color="#333")
     ax.set_yticks(
         range(per.height), [f"{s} ({k})" for s, k in zip(per["source"], per["kind"], strict=True)]
     )
     ax.invert_yaxis()
-    ax.set_xlim(0, max(widths, default=0) * 1.45 or 1)
-    ax.set_xlabel(f"{unit} moved (total {t.bytes / scale:,.1f} {unit}, {t.rows:,} rows)")
+    ax.set_xlim(0, max(ends, default=0) * 1.45 or 1)
+    label = f"{unit} moved (total {t.bytes / scale:,.1f} {unit}, {t.rows:,} rows)"
+    if t.cache_hits:
+        label += f"; hatched: from cache, {t.cache_bytes / scale:,.1f} {unit} not moved"
+        ax.legend(handles=_legend_handles({}, cache=True), fontsize=7, loc="lower right")
+    ax.set_xlabel(label)
     ax.set_title("transfer volume by source")
     if created:  # a figure of our own: make room for the legend and notes
         ax.figure.tight_layout()
@@ -418,16 +460,17 @@ def _comparison_volume(comparison: Comparison, ax: Axes | None = None) -> Axes:
         ax = _new_axes((1.5 + 1.1 * len(rows), 3.2))
     names = sorted({s for r in rows if r["trace"] is not None for s in r["trace"].sources})
     colors = source_colors(names)
-    unit, scale = _byte_unit(max([r["bytes"] for r in rows], default=0))
+    unit, scale = _byte_unit(
+        max([r["bytes"] + (r["trace"].cache_bytes if r["trace"] else 0) for r in rows], default=0)
+    )
+    any_cache = False
     for x, r in enumerate(rows):
         t = r["trace"]
+        per = None if t is None else t.by_source(cache=True)
         parts = (
             [("?", r["bytes"], "#999999")]
-            if t is None
-            else [
-                (s, b, colors[s])
-                for s, b in zip(t.by_source()["source"], t.by_source()["bytes"], strict=True)
-            ]
+            if per is None
+            else [(s, b, colors[s]) for s, b in zip(per["source"], per["bytes"], strict=True)]
         )
         bottom = 0.0
         for _, b, color in parts:
@@ -442,6 +485,12 @@ def _comparison_volume(comparison: Comparison, ax: Axes | None = None) -> Axes:
                 linewidth=0.5,
             )
             bottom += b / scale
+        if per is not None:  # what the cache served: hatched, on top of what moved
+            for s, c in zip(per["source"], per["cache_bytes"], strict=True):
+                if c:
+                    _cache_bar(ax, False, x, c / scale, bottom, colors[s], mismatch=r["mismatch"])
+                    bottom += c / scale
+                    any_cache = True
         ax.text(x, bottom, f"{r['rows']:,} rows", ha="center", va="bottom", fontsize=8)
     _strategy_ticks(ax, rows)
     ax.set_ylabel(f"{unit} moved")
@@ -449,7 +498,7 @@ def _comparison_volume(comparison: Comparison, ax: Axes | None = None) -> Axes:
     ax.margins(y=0.15)
     if colors:
         ax.legend(
-            handles=_legend_handles(colors),
+            handles=_legend_handles(colors, cache=any_cache),
             fontsize=7,
             loc="upper left",
             bbox_to_anchor=(1.01, 1.0),
