@@ -12,10 +12,15 @@ Readers:
   fragment at its deadline (connectorx cannot open SQLite read-only);
 * DuckDB: its own package (connectorx cannot read DuckDB), opened read-only, Arrow out;
 * fallback: SQLAlchemy, when connectorx cannot map a column type.
+
+A fragment marked for a partitioned read (``Fragment.partition``, set by
+:func:`fedlab.sql.partition.assign_partitions`) is read by connectorx as one range query
+per partition, concurrently (:func:`partition_queries`).
 """
 
 from __future__ import annotations
 
+import itertools
 import socket
 import sqlite3
 import time
@@ -30,12 +35,23 @@ from fedlab.errors import FragmentError, QueryTimeoutError, SourceUnavailableErr
 from fedlab.source import Source
 from fedlab.sql.plan import Fragment
 
-__all__ = ["FetchResult", "Fetcher", "coerce", "default_fetch", "polars_dtype"]
+__all__ = [
+    "FetchResult",
+    "Fetcher",
+    "coerce",
+    "default_fetch",
+    "partition_queries",
+    "polars_dtype",
+]
 
 
 @dataclass
 class FetchResult:
-    """What a fetch returns: the rows, their Arrow size, and which reader got them."""
+    """What a fetch returns: the rows, their Arrow size, and which reader got them.
+
+    ``cache_hit``: the rows came from the fragment cache (:mod:`fedlab.cache`), not from
+    the source; ``nbytes`` is then their size, bytes that did not move.
+    """
 
     df: pl.DataFrame
     nbytes: int
@@ -169,6 +185,38 @@ def _read_duckdb(fragment: Fragment, source: Source, deadline: float | None) -> 
     return FetchResult(pl.from_arrow(table), table.nbytes, "duckdb")
 
 
+def partition_queries(fragment: Fragment) -> list[str]:
+    """One SQL text per key range of a fragment marked ``partition = (col, lo, hi, n)``.
+
+    Each wraps the fragment (``SELECT * FROM (<fragment>) AS fedlab_part WHERE <range>``),
+    as connectorx's ``partition_on`` does, but the outer ranges are open: the first is
+    ``col IS NULL OR col < b1``, the last ``col >= b(n-1)``. connectorx's own
+    ``partition_range=(lo, hi)`` would drop rows outside the catalog's min/max (rows
+    inserted after attach); this way every row is in exactly one range.
+
+    >>> from sqlglot import exp
+    >>> f = Fragment("f1", "s", "postgresql", 'SELECT "t"."id" AS "id" FROM "t" AS "t"',
+    ...              [("id", exp.DataType.build("INT"))], partition=("id", 1, 100, 2))
+    >>> for q in partition_queries(f): print(q)
+    SELECT * FROM (SELECT "t"."id" AS "id" FROM "t" AS "t") AS fedlab_part WHERE fedlab_part."id" IS NULL OR fedlab_part."id" < 51
+    SELECT * FROM (SELECT "t"."id" AS "id" FROM "t" AS "t") AS fedlab_part WHERE fedlab_part."id" >= 51
+    """
+    if fragment.partition is None:
+        return [fragment.sql]
+    col, lo, hi, n = fragment.partition
+    q = "`" if fragment.kind == "mysql" else '"'
+    ref = f"fedlab_part.{q}{col.replace(q, q + q)}{q}"
+    width = hi - lo + 1
+    n = min(n, width)
+    cuts = sorted({lo + width * i // n for i in range(1, n)} - {lo})
+    if not cuts:
+        return [fragment.sql]
+    conds = [f"{ref} IS NULL OR {ref} < {cuts[0]}"]
+    conds += [f"{ref} >= {a} AND {ref} < {b}" for a, b in itertools.pairwise(cuts)]
+    conds.append(f"{ref} >= {cuts[-1]}")
+    return [f"SELECT * FROM ({fragment.sql}) AS fedlab_part WHERE {c}" for c in conds]
+
+
 def _read_connectorx(fragment: Fragment, source: Source, deadline: float | None) -> FetchResult:
     import connectorx as cx
 
@@ -180,12 +228,19 @@ def _read_connectorx(fragment: Fragment, source: Source, deadline: float | None)
             setup.append(f"SET statement_timeout = {max(int(left * 1000), 1)}")
         elif source.kind == "mysql":
             setup.append(f"SET SESSION max_statement_time = {left:.3f}")
+    queries = partition_queries(fragment)
+    # a list of queries: connectorx reads them concurrently (one connection each, every
+    # one set up by pre_execution_query) and concatenates the Arrow batches
     table = cx.read_sql(
-        source.connectorx_url, fragment.sql, return_type="arrow", pre_execution_query=setup
+        source.connectorx_url,
+        queries if len(queries) > 1 else queries[0],
+        return_type="arrow",
+        pre_execution_query=setup,
     )
     if isinstance(table, pa.RecordBatchReader):  # pragma: no cover - arrow_stream only
         table = table.read_all()
-    return FetchResult(pl.from_arrow(table), table.nbytes, "connectorx")
+    reader = "connectorx" if len(queries) == 1 else f"connectorx ({len(queries)} ranges)"
+    return FetchResult(pl.from_arrow(table), table.nbytes, reader)
 
 
 _SQLALCHEMY_DIALECT = {"postgresql": "postgresql+psycopg://", "mysql": "mysql+pymysql://"}
