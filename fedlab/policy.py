@@ -474,6 +474,8 @@ class _Analyzer:
                 cols = [c for c in node.this.find_all(exp.Column) if scope.tainted(c)]
                 if cols:
                     n = len(node.expressions) if isinstance(node, exp.In) else None
+                    if n == 1 and isinstance(node.expressions[0], exp.Values):
+                        n = len(node.expressions[0].expressions)
                     count = f" of {n} value(s)" if n else ""
                     return _Finding(
                         f"it filters key column {cols[0].name} by a literal list{count} "

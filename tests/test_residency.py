@@ -213,6 +213,11 @@ def test_aggregate_by_a_non_key_column_is_allowed_with_a_note(kind):
             "filters key column id by a literal list of 3 value(s)",
         ),
         (
+            "SELECT country, count(*) FROM eu.customers WHERE id IN (VALUES (1), (2)) "
+            "GROUP BY country",
+            "filters key column id by a literal list of 2 value(s)",
+        ),
+        (
             "SELECT country, count(*) FROM eu.customers WHERE id = ANY(ARRAY[1, 2]) "
             "GROUP BY country",
             "filters key column id by a literal list",
