@@ -14,10 +14,22 @@ from typing import Any
 
 from sqlglot import exp
 
-from fedlab.errors import AmbiguousTableError, SourceError, UnknownTableError
+from fedlab.errors import AmbiguousTableError, ConfigError, SourceError, UnknownTableError
 from fedlab.source import Source
 
-__all__ = ["Catalog", "ColumnInfo", "TableInfo", "introspect"]
+__all__ = [
+    "LOGICAL_SOURCE",
+    "Catalog",
+    "ColumnInfo",
+    "LogicalTable",
+    "Shard",
+    "TableInfo",
+    "introspect",
+    "type_family",
+]
+
+#: the pseudo-source of sharded logical tables: ``logical.<name>`` always names one
+LOGICAL_SOURCE = "logical"
 
 _INTEGER_TYPES = exp.DataType.INTEGER_TYPES
 
@@ -50,6 +62,8 @@ class TableInfo:
     primary_key: list[str] = field(default_factory=list)
     row_estimate: int | None = None
     key_ranges: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    #: set on the table info of a sharded logical table (source :data:`LOGICAL_SOURCE`)
+    logical: LogicalTable | None = field(default=None, repr=False, compare=False)
 
     def column(self, name: str) -> ColumnInfo | None:
         for c in self.columns:
@@ -57,6 +71,71 @@ class TableInfo:
                 return c
         lowered = [c for c in self.columns if c.name.lower() == name.lower()]
         return lowered[0] if len(lowered) == 1 else None
+
+
+@dataclass
+class Shard:
+    """One shard of a logical table: a physical table, and the keys it holds."""
+
+    name: str
+    table: TableInfo
+    #: position in the declaration (the hash rule's shard number)
+    index: int
+    #: range rule: the half-open interval ``[lo, hi)`` of keys (None: unbounded)
+    lo: Any = None
+    hi: Any = None
+    #: list rule: the key values this shard holds
+    values: tuple[Any, ...] = ()
+
+    @property
+    def source(self) -> str:
+        return self.table.source
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.table.source}.{self.table.name})"
+
+
+@dataclass
+class LogicalTable:
+    """A table the user queries by one name, stored as shards of equal schema.
+
+    ``method`` is ``hash``, ``range`` or ``list`` on column ``key`` (see
+    :mod:`fedlab.sql.shards` for the rules).
+    """
+
+    name: str
+    key: str
+    method: str
+    shards: list[Shard]
+    info: TableInfo
+
+    @property
+    def sources(self) -> list[str]:
+        return list(dict.fromkeys(s.source for s in self.shards))
+
+    def shard(self, name: str) -> Shard:
+        for s in self.shards:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def physical(self) -> set[tuple[str, str]]:
+        """(source, table) of every shard."""
+        return {(s.table.source, s.table.name) for s in self.shards}
+
+
+def type_family(t: exp.DataType) -> str:
+    """The kind of value a column holds, as compared across shards of different engines
+    (SQLite's INTEGER and PostgreSQL's int4 are both ``integer``)."""
+    if t.this in _INTEGER_TYPES:
+        return "integer"
+    if t.this in exp.DataType.REAL_TYPES:
+        return "number"
+    if t.this in exp.DataType.TEXT_TYPES:
+        return "text"
+    if t.this in (exp.DataType.Type.TIMESTAMP, exp.DataType.Type.DATETIME):
+        return "timestamp"
+    return t.this.value.lower()
 
 
 def _to_type(declared: str, dialect: str) -> exp.DataType:
@@ -292,8 +371,18 @@ class Catalog:
         self.sources: dict[str, Source] = {}
         self.tables: dict[str, dict[str, TableInfo]] = {}
         self.read_at: dict[str, float] = {}
+        #: sharded logical tables by name (``fed.shard(...)``)
+        self.logical: dict[str, LogicalTable] = {}
+
+    def _check_name(self, source: Source) -> None:
+        if source.name == LOGICAL_SOURCE:
+            raise ConfigError(
+                f"the source name {LOGICAL_SOURCE!r} is reserved for sharded logical tables "
+                f"({LOGICAL_SOURCE}.<table>); attach the database under another name"
+            )
 
     def add(self, source: Source) -> None:
+        self._check_name(source)
         tables = introspect(source)
         self.sources[source.name] = source
         self.tables[source.name] = {t.name: t for t in tables}
@@ -301,6 +390,7 @@ class Catalog:
 
     def add_static(self, source: Source, tables: list[TableInfo]) -> None:
         """Register a source with a known schema, without connecting (planner tests, docs)."""
+        self._check_name(source)
         self.sources[source.name] = source
         self.tables[source.name] = {t.name: t for t in tables}
         self.read_at[source.name] = time.time()
@@ -309,6 +399,34 @@ class Catalog:
         self.sources.pop(name, None)
         self.tables.pop(name, None)
         self.read_at.pop(name, None)
+        for lname, lt in list(self.logical.items()):
+            if name in lt.sources:  # a logical table cannot lose a shard
+                del self.logical[lname]
+
+    def add_logical(self, table: LogicalTable) -> None:
+        """Register a sharded logical table (see :func:`fedlab.sql.shards.declare_shard`)."""
+        self.logical[table.name] = table
+
+    def logical_rows(self) -> list[dict[str, Any]]:
+        """One row per logical table, shaped like ``fed.tables()`` rows plus the shard rule."""
+        return [
+            {
+                "source": LOGICAL_SOURCE,
+                "table": lt.name,
+                "columns": ", ".join(f"{c.name} {c.declared}".strip() for c in lt.info.columns),
+                "primary_key": ", ".join(lt.info.primary_key),
+                "rows_estimate": lt.info.row_estimate,
+                "shards": ", ".join(f"{s.name}={s.table.source}.{s.table.name}" for s in lt.shards),
+                "rule": f"{lt.method}({lt.key})",
+            }
+            for lt in self.logical.values()
+        ]
+
+    def _logical_lookup(self, table: str) -> LogicalTable | None:
+        if table in self.logical:
+            return self.logical[table]
+        folded = [t for n, t in self.logical.items() if n.lower() == table.lower()]
+        return folded[0] if len(folded) == 1 else None
 
     def refresh(self, name: str | None = None) -> None:
         for n in [name] if name else list(self.sources):
@@ -324,6 +442,14 @@ class Catalog:
     def resolve(self, table: str, source: str | None = None) -> TableInfo:
         """Find the table a query names; bare names must be unique across sources."""
         if source is not None:
+            if source == LOGICAL_SOURCE:
+                lt = self._logical_lookup(table)
+                if lt is None:
+                    have = ", ".join(sorted(self.logical)) or "none declared"
+                    raise UnknownTableError(
+                        f"no sharded logical table named {table!r} (logical tables: {have})"
+                    )
+                return lt.info
             if source not in self.sources:
                 # "a.b" where a is not a source: maybe a schema-qualified name in one source
                 raise UnknownTableError(
@@ -338,8 +464,14 @@ class Catalog:
                 )
             return found
         hits = [t for s in self.sources if (t := self._lookup(s, table)) is not None]
+        lt = self._logical_lookup(table)
+        if lt is not None:
+            # a logical table hides the physical tables that are its own shards
+            shards = lt.physical()
+            hits = [lt.info] + [t for t in hits if (t.source, t.name) not in shards]
         if not hits:
             every = sorted(f"{s}.{t}" for s in self.tables for t in self.tables[s])
+            every += sorted(f"{LOGICAL_SOURCE}.{n}" for n in self.logical)
             raise UnknownTableError(
                 f"unknown table {table!r}: no attached source has it "
                 f"(known tables: {', '.join(every) or 'none'})"

@@ -3,6 +3,9 @@ placements and monolith, and the benchmark all load data through here.
 
 - :func:`create_database` / :func:`drop_database` manage a database on a PostgreSQL or
   MariaDB server (idempotent; names are checked, never pasted unchecked).
+- :func:`split_shards` / :func:`write_shards` split a frame into the shards of a sharded
+  logical table by its rule (hash / range / list, see :mod:`fedlab.sql.shards`), so the
+  rows are where ``fed.shard(...)`` will look for them.
 - :func:`write_tables` (re)creates tables from frames with portable column types and
   bulk-loads them: PostgreSQL ``COPY``, MariaDB ``LOAD DATA LOCAL INFILE``, SQLite and
   DuckDB through their Python packages. MariaDB tables keep the server's default
@@ -27,7 +30,14 @@ import polars as pl
 from fedlab.errors import ConfigError
 from fedlab.source import Source
 
-__all__ = ["column_type", "create_database", "drop_database", "write_tables"]
+__all__ = [
+    "column_type",
+    "create_database",
+    "drop_database",
+    "split_shards",
+    "write_shards",
+    "write_tables",
+]
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -294,3 +304,85 @@ def write_tables(
             con.close()
         return
     raise ConfigError(f"cannot load into {src.redacted_url}")  # pragma: no cover
+
+
+def split_shards(
+    frame: pl.DataFrame,
+    key: str,
+    method: str,
+    shards: Sequence[str],
+    *,
+    bounds: Mapping[str, tuple] | None = None,
+    values: Mapping[str, object] | None = None,
+) -> dict[str, pl.DataFrame]:
+    """Split ``frame`` into one frame per shard by the shard rule on column ``key``.
+
+    ``shards`` are the shard names in declaration order (the hash rule numbers them
+    so); ``bounds`` / ``values`` as for ``fed.shard``. Every row lands in exactly one
+    shard; a key no shard may hold (outside every range, not listed) is an error.
+
+    >>> import polars as pl
+    >>> parts = split_shards(pl.DataFrame({"id": [1, 2, 3, 4]}), "id", "hash", ["a", "b"])
+    >>> {k: v["id"].to_list() for k, v in parts.items()}
+    {'a': [2, 4], 'b': [1, 3]}
+    """
+    from fedlab.errors import ShardError
+    from fedlab.sql.shards import check_bounds, check_values, shard_index
+
+    names = list(shards)
+    if not names:
+        raise ShardError("split_shards: give at least one shard name")
+    if key not in frame.columns:
+        raise ShardError(f"split_shards: the frame has no key column {key!r}")
+    ranges = lists = None
+    if method == "range":
+        checked = check_bounds("frame", names, bounds)
+        ranges = [checked[n] for n in names]
+    elif method == "list":
+        checked_v = check_values("frame", names, values or {})
+        lists = [checked_v[n] for n in names]
+    index = [
+        shard_index(v, method, len(names), ranges=ranges, lists=lists)
+        for v in frame.get_column(key).to_list()
+    ]
+    homeless = sorted(
+        {repr(v) for v, i in zip(frame[key].to_list(), index, strict=True) if i is None}
+    )
+    if homeless:
+        raise ShardError(
+            f"split_shards: no shard may hold key value(s) {', '.join(homeless[:5])} "
+            f"of column {key!r} ({method} rule)"
+        )
+    tagged = frame.with_columns(pl.Series("__fl_shard", index, dtype=pl.Int64))
+    return {
+        n: tagged.filter(pl.col("__fl_shard") == i).drop("__fl_shard") for i, n in enumerate(names)
+    }
+
+
+def write_shards(
+    frame: pl.DataFrame,
+    name: str,
+    key: str,
+    method: str,
+    targets: Mapping[str, str],
+    *,
+    bounds: Mapping[str, tuple] | None = None,
+    values: Mapping[str, object] | None = None,
+    primary_key: Sequence[str] | None = None,
+    table: str | None = None,
+) -> dict[str, pl.DataFrame]:
+    """Split ``frame`` by the shard rule and write each part to its database.
+
+    ``targets``: ``{shard_name: url}`` in declaration order; each part becomes table
+    ``table`` (default ``name``) there. Returns the parts. Declare the same layout
+    with ``fed.shard(name, key=key, method=method, shards=targets, ...)``.
+    """
+    parts = split_shards(frame, key, method, list(targets), bounds=bounds, values=values)
+    physical = table or name
+    for shard, url in targets.items():
+        write_tables(
+            url,
+            {physical: parts[shard]},
+            primary_keys={physical: list(primary_key)} if primary_key else None,
+        )
+    return parts

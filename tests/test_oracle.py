@@ -3,9 +3,11 @@
 One suite over all placements (as ibis runs one suite over all backends): the four trap
 tables of ``oracle_data`` rotate over SQLite, PostgreSQL and MariaDB so that every query
 runs with each table on each engine, plus placements with everything on one engine
-(DuckDB included). Each query runs under each strategy and is compared, by the equality
-rule, with the same SQL run directly (psycopg, not fedlab) on a PostgreSQL database
-holding all four tables.
+(DuckDB included), plus sharded placements (horizontal + hybrid federation): ``orders``
+and ``users`` as logical tables whose shards are spread over the three engines, next
+to tables split by domain. Each query runs under each strategy and is compared, by the
+equality rule, with the same SQL run directly (psycopg, not fedlab) on a PostgreSQL
+database holding all four tables.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sqlglot
 from sqlglot import exp
 
 import fedlab as fl
-from fedlab.load import write_tables
+from fedlab.load import split_shards, write_tables
 from tests.oracle_data import PRIMARY_KEYS, frames
 
 pytestmark = pytest.mark.servers
@@ -51,6 +53,34 @@ PLACEMENTS: dict[str, dict[str, str]] = {
         for r in range(len(KINDS))
     },
     **{f"all_{k}": dict.fromkeys(TABLES, k) for k in (*KINDS, "duckdb")},
+}
+
+
+# sharded placements: table -> (key, method, {shard: kind}, bounds-or-values); the
+# other tables -> kind (a hybrid: sharded tables next to tables split by domain)
+SHARDED: dict[str, dict[str, object]] = {
+    "shard_hash_range": {
+        "orders": ("id", "hash", {"s0": "sqlite", "s1": "postgresql", "s2": "mysql"}, None),
+        "users": (
+            "id",
+            "range",
+            {"lo": "postgresql", "hi": "mysql"},
+            {"lo": (None, 25), "hi": (25, None)},
+        ),
+        "products": "sqlite",
+        "inventory": "postgresql",
+    },
+    "shard_list_hybrid": {
+        "orders": ("user_id", "hash", {"a": "mysql", "b": "sqlite", "c": "postgresql"}, None),
+        "users": (
+            "country",
+            "list",
+            {"us": "sqlite", "eu": "postgresql", "rest": "mysql"},
+            {"us": ["US", "us", "US "], "eu": ["UK", "DE", "FR"], "rest": ["JP", None]},
+        ),
+        "products": "mysql",
+        "inventory": "sqlite",
+    },
 }
 
 
@@ -115,6 +145,9 @@ def federations(pg_database, mariadb_database, data, tmp_path_factory):
     def get(placement: str) -> fl.Federation:
         if placement in built:
             return built[placement]
+        if placement in SHARDED:
+            built[placement] = sharded(placement)
+            return built[placement]
         fed = fl.Federation()
         by_kind: dict[str, list[str]] = {}
         for t, kind in PLACEMENTS[placement].items():
@@ -133,11 +166,55 @@ def federations(pg_database, mariadb_database, data, tmp_path_factory):
         built[placement] = fed
         return fed
 
+    names = {"sqlite": "lite", "postgresql": "pg", "mysql": "my"}
+
+    def sharded(placement: str) -> fl.Federation:
+        """Each engine gets one database holding its plain tables and its shards."""
+        spec = SHARDED[placement]
+        per_kind: dict[str, dict[str, pl.DataFrame]] = {k: {} for k in KINDS}
+        shard_specs = {}
+        for t, how in spec.items():
+            if isinstance(how, str):
+                per_kind[how][t] = data[t]
+                continue
+            key, method, shards, rule = how
+            parts = split_shards(
+                data[t],
+                key,
+                method,
+                list(shards),
+                bounds=rule if method == "range" else None,
+                values=rule if method == "list" else None,
+            )
+            for shard, kind in shards.items():
+                per_kind[kind][t] = parts[shard]
+            shard_specs[t] = how
+        fed = fl.Federation()
+        for kind, tables in per_kind.items():
+            if kind == "postgresql":
+                url = pg_database("fedlab_sh")
+            elif kind == "mysql":
+                url = mariadb_database("fedlab_sh")
+            else:
+                url = f"sqlite:///{root / f'{placement}.sqlite'}"
+            write_tables(url, tables, primary_keys=PRIMARY_KEYS)
+            fed.attach(names[kind], url)
+        for t, (key, method, shards, rule) in shard_specs.items():
+            fed.shard(
+                t,
+                key=key,
+                method=method,
+                shards={s: f"{names[k]}.{t}" for s, k in shards.items()},
+                bounds=rule if method == "range" else None,
+                values=rule if method == "list" else None,
+            )
+        return fed
+
     return get
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("placement", list(PLACEMENTS))
+@pytest.mark.parametrize("placement", [*PLACEMENTS, *SHARDED])
 @pytest.mark.parametrize("name", list(QUERIES))
 def test_oracle(name: str, placement: str, strategy: str, federations, reference) -> None:
     fed = federations(placement)

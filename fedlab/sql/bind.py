@@ -22,14 +22,14 @@ from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.simplify import simplify
 from sqlglot.schema import MappingSchema
 
-from fedlab.catalog import Catalog, TableInfo
+from fedlab.catalog import LOGICAL_SOURCE, Catalog, TableInfo
 from fedlab.errors import (
     AmbiguousColumnError,
     UnknownColumnError,
     UnsupportedSQLError,
 )
 
-__all__ = ["BoundQuery", "bind", "pg_output_name"]
+__all__ = ["BoundQuery", "bind", "catalog_schema", "pg_output_name"]
 
 
 @dataclass
@@ -43,7 +43,11 @@ class BoundQuery:
     ordered: bool = False
 
     def sources(self) -> set[str]:
-        return {t.source for t in self.aliases.values()}
+        """The sources the query may read (a sharded logical table: all its shards')."""
+        out: set[str] = set()
+        for t in self.aliases.values():
+            out.update(t.logical.sources if t.logical is not None else [t.source])
+        return out
 
 
 # PostgreSQL's names for unaliased output columns ("count", "sum", "?column?", ...)
@@ -142,9 +146,13 @@ def _resolve_tables(tree: exp.Expression, catalog: Catalog) -> None:
         table.set("db", exp.to_identifier(info.source))
         table.meta["fedlab_table"] = info
         table.meta["fedlab_alias"] = table.alias_or_name
+        if info.logical is not None:  # a sharded table: expand_shards replaces it when planning
+            table.meta["fedlab_logical"] = info.logical
 
 
-def _schema(catalog: Catalog) -> MappingSchema:
+def catalog_schema(catalog: Catalog) -> MappingSchema:
+    """The catalog as a sqlglot schema: ``source.table.column`` (logical tables under
+    :data:`fedlab.catalog.LOGICAL_SOURCE`)."""
     mapping = {
         src: {
             t.name: {c.name: c.type.sql(dialect="postgres") for c in t.columns}
@@ -152,7 +160,15 @@ def _schema(catalog: Catalog) -> MappingSchema:
         }
         for src, tables in catalog.tables.items()
     }
+    if catalog.logical:
+        mapping[LOGICAL_SOURCE] = {
+            lt.name: {c.name: c.type.sql(dialect="postgres") for c in lt.info.columns}
+            for lt in catalog.logical.values()
+        }
     return MappingSchema(mapping, dialect="postgres")
+
+
+_schema = catalog_schema
 
 
 _UNRESOLVED = re.compile(r"Column '([^']+)' could not be resolved")
