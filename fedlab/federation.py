@@ -139,10 +139,16 @@ class Federation:
         self._policy = make_policy(self._policy, **rules)
         return self._policy
 
+    def _protected(self) -> set[str]:
+        """Sources into which the planner may not ship join keys (data residency)."""
+        fn = getattr(self._policy, "protected_sources", None)
+        return set(fn(self.catalog)) if fn is not None else set()
+
     def detach(self, name: str) -> None:
         if name not in self.catalog.sources:
             raise ConfigError(f"no source named {name!r} is attached")
         self.catalog.remove(name)
+        self.cache.clear(source=name)
 
     def refresh(self, name: str | None = None) -> None:
         """Re-read the catalog of one source (or all)."""
@@ -266,6 +272,7 @@ class Federation:
             disable,
             tenant=tenant,
             max_workers=self.max_workers,
+            protected=self._protected(),
         )
         if disable:
             plan.notes.append(f"pushdown rules switched off: {', '.join(sorted(disable))}")

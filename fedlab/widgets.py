@@ -270,7 +270,14 @@ def _trace_table(result: FederatedResult) -> pl.DataFrame:
         (pl.col("start_s") * 1000).round(1).alias("start_ms"),
         (pl.col("seconds") * 1000).round(1).alias("ms"),
         "rows",
-        pl.Series("moved", [_size(b) for b in t["bytes"]], dtype=pl.String),
+        pl.Series(
+            "moved",
+            [
+                "cache" if hit else _size(b)
+                for b, hit in zip(t["bytes"], t["cache_hit"], strict=True)
+            ],
+            dtype=pl.String,
+        ),
         "sql",
     )
 

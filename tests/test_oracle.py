@@ -32,7 +32,7 @@ TABLES = ("users", "orders", "products", "inventory")
 KINDS = ("sqlite", "postgresql", "mysql")
 PARAMS = {"c": "US", "d": dt.date(2021, 1, 1)}
 PARAM_LITERALS = {"c": "'US'", "d": "DATE '2021-01-01'"}
-STRATEGIES = ("naive", "pushdown")
+STRATEGIES = ("naive", "pushdown", "semijoin", "auto")
 
 
 def load_queries() -> dict[str, str]:

@@ -92,7 +92,7 @@ def test_plan_html_is_a_tree_of_boxes() -> None:
         "f2 @ sales",
         "postgresql",
         "mysql",
-        "~1,234 rows in largest table",
+        "est. ~1,234 rows",
         "reads crm.users",
         "returns id, name",
         "projection (2 of 7 columns)",
@@ -133,7 +133,7 @@ def test_plan_text_is_unchanged_by_the_html() -> None:
     plan = make_plan()
     text = str(plan)
     assert text.splitlines()[0] == "Plan [pushdown]  2 fragment(s) on 2 source(s)"
-    assert "├─ f1 @ crm (postgresql) [table]  ~1,234 rows in largest table" in text
+    assert "├─ f1 @ crm (postgresql) [table]  est. ~1,234 rows" in text
     assert "└─ f2 @ sales (mysql) [table]" in text
 
 

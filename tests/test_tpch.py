@@ -23,7 +23,7 @@ from fedlab import bench
 from fedlab.load import write_tables
 
 SF = 0.01
-STRATEGIES = ("naive", "pushdown")
+STRATEGIES = ("naive", "pushdown", "semijoin", "auto")
 
 #: (query, strategy) pairs that fail because of an engine bug, each with its entry in
 #: /tmp/fedlab_tpch_failures.md. Temporary: the engine fix removes the pair from here.

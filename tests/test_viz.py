@@ -145,18 +145,22 @@ def test_waterfall_of_a_query_without_fragments() -> None:
 def test_volume_one_bar_per_source_with_rows_noted() -> None:
     t = parallel_trace()
     ax = viz.plot_volume(t)
-    assert len(ax.patches) == 2  # crm (two fragments) and sales
-    assert [p.get_width() for p in ax.patches] == pytest.approx([1200 / 1024, 8000 / 1024])
+    # crm and sales (moved), then crm's cache hit (f3) as a hatched segment after crm's bar
+    assert len(ax.patches) == 3
+    assert [p.get_width() for p in ax.patches] == pytest.approx(
+        [800 / 1024, 8000 / 1024, 400 / 1024]
+    )
+    assert ax.patches[2].get_hatch() == "//" and ax.patches[2].get_x() == pytest.approx(800 / 1024)
     assert [tick.get_text() for tick in ax.get_yticklabels()] == [
         "crm (postgresql)",
         "sales (mysql)",
     ]
     assert "KB moved" in ax.get_xlabel()
     notes = [x.get_text() for x in ax.texts]
-    assert notes == ["15 rows · 2 frag.", "100 rows · 1 frag."]
+    assert notes == ["10 rows · 2 frag. · cache: 5 rows", "100 rows · 1 frag."]
     # the same colors as the waterfall
     wf = viz.plot_waterfall(t)
-    assert colors(ax.patches) == colors(wf.patches[:2])
+    assert colors(ax.patches[:2]) == colors(wf.patches[:2])
 
 
 def test_volume_picks_a_readable_unit() -> None:
@@ -195,9 +199,10 @@ def test_comparison_one_group_per_strategy_time_and_bytes() -> None:
         tops[x] = max(tops.get(x, 0), p.get_y() + p.get_height())
     assert [tops[i] for i in range(3)] == pytest.approx([50.0, 100.0, 150.0])
     # bytes: one segment per source, stacked
-    assert len(bytes_ax.patches) == 3 * 2
+    assert len(bytes_ax.patches) == 3 * 3  # crm, sales moved; crm's cache hit hatched on top
     heights = [p.get_height() for p in bytes_ax.patches]
-    assert sum(heights[:2]) == pytest.approx(9200 / 1024)
+    assert sum(heights[:2]) == pytest.approx(8800 / 1024)  # moved
+    assert heights[2] == pytest.approx(400 / 1024) and bytes_ax.patches[2].get_hatch() == "//"
     assert fig._suptitle is None  # nothing to warn about
 
 
@@ -212,14 +217,14 @@ def test_comparison_marks_strategies_with_a_different_answer() -> None:
         bad = [p for p in ax.patches if round(p.get_x() + p.get_width() / 2) == 1]
         assert bad and all(p.get_hatch() == "xx" for p in bad)
         good = [p for p in ax.patches if round(p.get_x() + p.get_width() / 2) == 0]
-        assert all(not p.get_hatch() for p in good)
+        assert all(p.get_hatch() in (None, "//") for p in good)  # "//": a cache hit
     assert "pushdown" in fig._suptitle.get_text()
 
 
 def test_comparison_volume_alone_and_from_a_table_only() -> None:
     cmp = comparison({"naive": True, "pushdown": True})
     ax = cmp.plot_volume()
-    assert tick_texts(ax) == ["naive", "pushdown"] and len(ax.patches) == 4
+    assert tick_texts(ax) == ["naive", "pushdown"] and len(ax.patches) == 6
     bare = comparison({"naive": True, "pushdown": True}, with_results=False)
     fig = bare.plot()
     assert [len(ax.patches) for ax in fig.axes] == [2, 2]  # a single segment per strategy

@@ -14,7 +14,36 @@ from sqlglot import exp
 
 from fedlab.security import redact
 
-__all__ = ["Fragment", "Plan", "plan_html", "source_colors"]
+__all__ = ["DynamicFilter", "Fragment", "Plan", "plan_html", "source_colors"]
+
+
+@dataclass
+class DynamicFilter:
+    """Join keys shipped into a fragment at run time (the semi-join, or bind join).
+
+    When fragment ``provider`` has been read, the distinct non-NULL values of its column
+    ``provider_column`` are sent to this fragment's source as ``target IN (…)`` (in batches)
+    or, when there are too many, as a ``target BETWEEN min AND max`` range.
+
+    Attributes:
+        column: this fragment's output column that the keys restrict.
+        provider: id of the fragment whose rows give the keys.
+        provider_column: that fragment's output column holding them.
+        target: the source-side expression the keys are compared with, in the source's
+            dialect (a column of the table, or of the wrapped fragment).
+        placeholder: the token in ``Fragment.template`` that the predicate replaces.
+        key_type: ``int`` or ``text``: how keys are written as literals.
+    """
+
+    column: str
+    provider: str
+    provider_column: str
+    target: str
+    placeholder: str
+    key_type: str = "int"
+
+    def describe(self) -> str:
+        return f"{self.column} IN (keys of {self.provider}.{self.provider_column})"
 
 
 @dataclass
@@ -30,7 +59,11 @@ class Fragment:
         tables: physical tables read (``source.table``).
         pushed: what was pushed, for EXPLAIN (``projection``, ``filter: …``, ``join``…).
         role: ``query`` (the whole query), ``subquery``, ``join`` or ``table``.
-        estimated_rows: the catalog's row estimate of the largest table read.
+        estimated_rows: rows the cost model expects this fragment to return.
+        dynamic: keys shipped in from other fragments at run time (semi-joins); such a
+            fragment waits for its providers. ``sql`` then shows where the keys go, and
+            ``template`` is the text the executor fills.
+        actual_rows: rows it returned, once the plan has run.
     """
 
     id: str
@@ -44,6 +77,23 @@ class Fragment:
     estimated_rows: int | None = None
     #: concurrent range reads of a large fragment: (output column, low, high, partitions)
     partition: tuple[str, int, int, int] | None = None
+    dynamic: list[DynamicFilter] = field(default_factory=list)
+    template: str | None = None
+    actual_rows: int | None = None
+
+    @property
+    def depends_on(self) -> list[str]:
+        """Fragments that must be read before this one (they provide its keys)."""
+        return list(dict.fromkeys(d.provider for d in self.dynamic))
+
+    def rows_text(self) -> str:
+        """``est. ~1,234 rows`` (and ``actual 1,200`` once run)."""
+        parts = []
+        if self.estimated_rows is not None:
+            parts.append(f"est. ~{self.estimated_rows:,} rows")
+        if self.actual_rows is not None:
+            parts.append(f"actual {self.actual_rows:,}")
+        return ", ".join(parts)
 
     @property
     def column_names(self) -> list[str]:
@@ -89,10 +139,13 @@ class Plan:
         for i, f in enumerate(self.fragments):
             last = i == len(self.fragments) - 1
             branch, pad = ("└─", "   ") if last else ("├─", "│  ")
-            est = f"  ~{f.estimated_rows:,} rows in largest table" if f.estimated_rows else ""
+            est = f"  {f.rows_text()}" if f.rows_text() else ""
             lines.append(f"{branch} {f.id} @ {f.source} ({f.kind}) [{f.role}]{est}")
             if f.pushed:
                 lines.append(f"{pad}   pushed: {'; '.join(f.pushed)}")
+            if f.dynamic:
+                keys = "; ".join(d.describe() for d in f.dynamic)
+                lines.append(f"{pad}   waits for {', '.join(f.depends_on)}: ships {keys}")
             for ln in f.sql.splitlines():
                 lines.append(f"{pad}   {ln}")
         if self.notes:
@@ -221,8 +274,8 @@ def fragment_html(fragment: Fragment, color: str) -> str:
         f"{swatch(color)}<b>{safe_text(f.id)}</b> @ <b>{safe_text(f.source)}</b>"
         f"{badge(f.kind, _KIND_BADGE.get(f.kind, '#666'))}{badge(f.role, '#888')}"
     )
-    if f.estimated_rows:
-        head += f" <span style='color:#777'>~{f.estimated_rows:,} rows in largest table</span>"
+    if f.rows_text():
+        head += f" <span style='color:#777'>{safe_text(f.rows_text())}</span>"
     lines = [head]
     if f.tables:
         lines.append(
@@ -233,6 +286,12 @@ def fragment_html(fragment: Fragment, color: str) -> str:
         lines.append(f"<div><span style='color:#777'>returns</span> {safe_text(cols)}</div>")
     pushed = "; ".join(f.pushed) if f.pushed else "nothing (whole table)"
     lines.append(f"<div><span style='color:#777'>pushed</span> {safe_text(pushed)}</div>")
+    if f.dynamic:
+        keys = "; ".join(d.describe() for d in f.dynamic)
+        lines.append(
+            f"<div><span style='color:#777'>waits for</span> {safe_text(', '.join(f.depends_on))}"
+            f" <span style='color:#777'>and ships</span> {safe_text(keys)}</div>"
+        )
     lines.append(_pre(f.sql))
     return _box("fragment", color, "".join(lines))
 

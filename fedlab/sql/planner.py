@@ -4,18 +4,26 @@ Strategies:
 
 ``naive``
     every table is fetched whole (all columns, all rows); everything runs locally.
-``pushdown`` (and ``auto`` for now)
+``pushdown``
     top-down: a (sub)query that reads one source and that source can evaluate exactly is
     sent whole. Otherwise its CTEs, derived tables and subqueries are planned the same
     way, tables of one source that are joined to each other become one join fragment, and
     each remaining table is read with only the columns the query uses and the filters
     that touch only that table.
+``semijoin``
+    pushdown, and for every cross-source equi-join (and ``x IN (subquery)``) the side the
+    cost model expects to be smaller is read first and its distinct join keys are shipped
+    to the other side's source (:class:`~fedlab.sql.plan.DynamicFilter`).
+``auto`` (the default)
+    pushdown, with keys shipped only where the cost model says it pays (a small side
+    against a large one), and joins ordered smallest first.
 
 The residual keeps every fragment as a table named ``f<n>`` and is run by Polars.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable
 
@@ -25,15 +33,23 @@ from fedlab.catalog import Catalog, TableInfo
 from fedlab.errors import PlanError
 from fedlab.sql import pushdown as rules
 from fedlab.sql.bind import BoundQuery
-from fedlab.sql.dialects import blocker, to_source_sql
+from fedlab.sql.cost import estimate_query, selectivity
+from fedlab.sql.dialects import DIALECT, blocker, to_source_sql
 from fedlab.sql.partition import assign_partitions
-from fedlab.sql.plan import Fragment, Plan
+from fedlab.sql.plan import DynamicFilter, Fragment, Plan
 from fedlab.sql.residual import residual_sql
 from fedlab.sql.shards import expand_shards
 
 __all__ = ["STRATEGIES", "plan_query"]
 
-STRATEGIES = ("naive", "pushdown", "auto")
+STRATEGIES = ("naive", "pushdown", "semijoin", "auto")
+
+#: ``auto`` ships keys only into fragments expected to return at least this many rows…
+AUTO_MIN_RECEIVER_ROWS = 2_000
+#: …from a side expected to return at most this many rows…
+AUTO_MAX_KEYS = 50_000
+#: …and at most this fraction of the receiver's expected rows
+AUTO_MAX_RATIO = 0.5
 
 #: the pushdown rules, each of which can be switched off (``fed.sql(..., disable=…)``, the
 #: explorer widget): what a plan looks like without it, and what it costs
@@ -56,10 +72,12 @@ def plan_query(
     *,
     tenant: str | None = None,
     max_workers: int = 8,
+    protected: Iterable[str] = (),
 ) -> Plan:
     """Plan ``bound`` under ``strategy``; the bound tree itself is not modified.
 
-    ``tenant``: only the shards (and sources) of that tenant are read.
+    ``tenant``: only the shards (and sources) of that tenant are read; ``protected``:
+    sources into which no join keys may be shipped (data residency).
     """
     if strategy not in STRATEGIES:
         raise PlanError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -72,6 +90,7 @@ def plan_query(
     planner = _Planner(catalog, "naive" if strategy == "naive" else "pushdown", strategy)
     planner.off = off
     planner.tenant = tenant
+    planner.protected = frozenset(protected)
     plan = planner.run(bound, sql)
     if strategy != "naive":
         assign_partitions(plan, catalog, max_workers=max_workers)
@@ -90,6 +109,13 @@ class _Planner:
         self.root: exp.Query | None = None
         self.off: frozenset[str] = frozenset()
         self.tenant: str | None = None
+        self.protected: frozenset[str] = frozenset()
+        self.by_id: dict[str, Fragment] = {}
+        #: per fragment: the source-side tree (before dialect rendering) and tables read
+        self.physical: dict[str, exp.Query] = {}
+        self.infos: dict[str, list[TableInfo]] = {}
+        #: per fragment: output column -> (table, column) it reads, for key statistics
+        self.origin: dict[str, dict[str, tuple[TableInfo, str]]] = {}
 
     # ------------------------------------------------------------------ entry
     def run(self, bound: BoundQuery, sql: str) -> Plan:
@@ -116,6 +142,7 @@ class _Planner:
                     "(the aggregate is pushed to its source)"
                 )
             new_root = self._push(tree, top=True)
+            self._check_dynamic(new_root)
         if (
             len(self.fragments) == 1
             and self.fragments[0].role == "query"
@@ -146,6 +173,7 @@ class _Planner:
         role: str,
         tables: list[TableInfo],
         pushed: list[str],
+        estimate: float | None = None,
     ) -> Fragment:
         src = self.catalog.sources[source]
         physical = _physical(tree)
@@ -164,10 +192,13 @@ class _Planner:
             tables=list(dict.fromkeys(f"{t.source}.{t.name}" for t in tables)),
             pushed=pushed,
             role=role,
-            estimated_rows=max((t.row_estimate or 0 for t in tables), default=None) or None,
+            estimated_rows=None if estimate is None else max(1, round(estimate)),
         )
         self.fragments.append(frag)
         self.by_sql[key] = frag
+        self.by_id[frag.id] = frag
+        self.physical[frag.id] = physical
+        self.infos[frag.id] = tables
         return frag
 
     def _table_fragment(
@@ -214,7 +245,20 @@ class _Planner:
             else [f"projection ({len(names)} of {len(info.columns)} columns)"]
         )
         pushed += [f"filter {f.sql(dialect='postgres')}" for f in filters]
-        return self._fragment(info.source, select, cols, role="table", tables=[info], pushed=pushed)
+        estimate = float(info.row_estimate or 1)
+        for f in filters:
+            estimate *= selectivity(f, info)
+        frag = self._fragment(
+            info.source,
+            select,
+            cols,
+            role="table",
+            tables=[info],
+            pushed=pushed,
+            estimate=estimate,
+        )
+        self.origin.setdefault(frag.id, {n: (info, n) for n in names if info.column(n)})
+        return frag
 
     # ------------------------------------------------------------------ naive
     def _naive(self, tree: exp.Query) -> None:
@@ -263,7 +307,15 @@ class _Planner:
             for n, s in zip(names, node.selects, strict=True)
         ]
         pushed = ["whole query" if role == "query" else "whole subquery"]
-        frag = self._fragment(source, node, cols, role=role, tables=tables, pushed=pushed)
+        frag = self._fragment(
+            source,
+            node,
+            cols,
+            role=role,
+            tables=tables,
+            pushed=pushed,
+            estimate=estimate_query(node),
+        )
         return exp.select("*").from_(exp.to_table(frag.id))
 
     def _push_ctes(self, node: exp.Query) -> None:
@@ -306,6 +358,8 @@ class _Planner:
                     if new is not q:
                         q.replace(new)
         self._push_tables(select)
+        if self.strategy in ("semijoin", "auto"):
+            self._ship_keys(select)
 
     @staticmethod
     def _from_items(select: exp.Select) -> list[exp.Expression]:
@@ -438,7 +492,7 @@ class _Planner:
             frag = self._table_fragment(table, filters[alias])
             table.replace(_frame(frag.id, alias))
         if not outer:
-            _reorder_joins(select)
+            _reorder_joins(select, self._estimates() if self.strategy == "auto" else None)
 
     def _join_fragment(
         self,
@@ -482,6 +536,15 @@ class _Planner:
             role="join",
             tables=[m.meta["fedlab_table"] for m in members],
             pushed=pushed,
+            estimate=estimate_query(query),
+        )
+        self.origin.setdefault(
+            frag.id,
+            {
+                f"{a}__{n}": (m.meta["fedlab_table"], n)
+                for a, m in zip(aliases, members, strict=True)
+                for n in rules.needed_columns(self.root, a)
+            },
         )
         # residual: first member becomes the group frame, the others disappear
         members[0].replace(_frame(frag.id, group_alias))
@@ -500,6 +563,338 @@ class _Planner:
             if key in rename:
                 col.set("this", exp.to_identifier(rename[key]))
                 col.set("table", exp.to_identifier(group_alias))
+
+    # ------------------------------------------------------------------ semi-joins
+    def _estimates(self) -> dict[str, float]:
+        return {f.id: float(f.estimated_rows or 1) for f in self.fragments}
+
+    def _ship_keys(self, select: exp.Select) -> None:
+        """Choose, for the cross-source equi-joins of ``select`` (and the equi-correlations
+        of its subqueries), which side is read first and ships its distinct keys into the
+        other side's fragment."""
+        frames = self._frames(select)
+        if not frames:
+            return
+        # (receiver frame node, receiver column, provider, provider column); the provider
+        # is a frame node (its fragment may still be copied by _own) or a fragment
+        edges: list[tuple[exp.Table, str, exp.Table | Fragment, str]] = []
+
+        def equi(
+            c: exp.Expression, left: dict[str, exp.Table], right: dict[str, exp.Table]
+        ) -> tuple[exp.Column, exp.Column] | None:
+            if not (
+                isinstance(c, exp.EQ)
+                and isinstance(c.this, exp.Column)
+                and isinstance(c.expression, exp.Column)
+                and c.this.table != c.expression.table
+            ):
+                return None
+            a, b = c.this, c.expression
+            if a.table in left and b.table in right:
+                return a, b
+            if b.table in left and a.table in right:
+                return b, a
+            return None
+
+        def frag_of(node: exp.Table) -> exp.Table:
+            return node
+
+        # equalities of the inner-join scope form classes of equal columns: a column is
+        # restricted by the keys of any other column of its class (a = b AND b = c: a by c)
+        classes: dict[tuple[str, str], tuple[str, str]] = {}
+
+        def find(x: tuple[str, str]) -> tuple[str, str]:
+            while classes.setdefault(x, x) != x:
+                x = classes[x]
+            return x
+
+        inner_eqs = list(rules.conjuncts(select.args.get("where")))
+        for j in select.args.get("joins") or []:
+            if not (j.side or "") and (j.kind or "").upper() not in ("ANTI", "SEMI"):
+                inner_eqs += rules.conjuncts(j.args.get("on"))
+        for c in inner_eqs:
+            pair = equi(c, frames, frames)
+            if pair:
+                a, b = pair
+                classes[find((a.table, a.name))] = find((b.table, b.name))
+        members: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        for x in list(classes):
+            members.setdefault(find(x), []).append(x)
+        for cols in members.values():
+            for ra, rc in cols:
+                for pa, pc in cols:
+                    if ra != pa:
+                        edges.append((frames[ra], rc, frag_of(frames[pa]), pc))
+
+        for c in rules.conjuncts(select.args.get("where")):
+            if equi(c, frames, frames):
+                continue
+            if (
+                isinstance(c, exp.In)
+                and isinstance(c.this, exp.Column)
+                and c.this.table in frames
+                and isinstance(c.args.get("query"), exp.Subquery | exp.Select)
+            ):
+                inner = c.args["query"]
+                inner = inner.unnest() if isinstance(inner, exp.Subquery) else inner
+                frame = _single_frame(inner) if isinstance(inner, exp.Query) else None
+                if frame in self.by_id and len(self.by_id[frame].columns) == 1:
+                    prov = self.by_id[frame]
+                    edges.append((frames[c.this.table], c.this.name, prov, prov.columns[0][0]))
+        for j in select.args.get("joins") or []:
+            side = (j.side or "").upper()
+            if side not in ("", "LEFT") or (j.kind or "").upper() in ("ANTI", "SEMI"):
+                continue
+            for c in rules.conjuncts(j.args.get("on")):
+                pair = equi(c, frames, frames)
+                if not pair:
+                    continue
+                if not side:
+                    continue  # in the classes above
+                else:  # LEFT: only the joined (null-supplying) item may be restricted
+                    inner_aliases = rules._item_aliases(j.this)
+                    a, b = pair
+                    if a.table in inner_aliases and b.table not in inner_aliases:
+                        edges.append((frames[a.table], a.name, frag_of(frames[b.table]), b.name))
+                    elif b.table in inner_aliases and a.table not in inner_aliases:
+                        edges.append((frames[b.table], b.name, frag_of(frames[a.table]), a.name))
+        # correlated subqueries (EXISTS, NOT EXISTS, IN, scalar): an inner row whose
+        # correlation key is not among the outer keys is never looked at
+        for key in ("expressions", "where", "having"):
+            value = select.args.get(key)
+            for part in value if isinstance(value, list) else [value] if value else []:
+                for q in rules.child_queries(part):
+                    q = q.unnest() if isinstance(q, exp.Subquery) else q
+                    if not isinstance(q, exp.Select):
+                        continue
+                    inner = self._frames(q)
+                    for c in rules.conjuncts(q.args.get("where")):
+                        pair = equi(c, inner, frames)
+                        if pair:
+                            a, b = pair
+                            edges.append((inner[a.table], a.name, frag_of(frames[b.table]), b.name))
+
+        est = self._estimates()
+
+        def provider(e: tuple) -> Fragment:
+            p = e[2]
+            return p if isinstance(p, Fragment) else self.by_id[p.name]
+
+        while edges:
+            # smallest provider first: its keys are the cheapest to ship, and what it
+            # restricts may then become a small provider itself
+            edge = min(edges, key=lambda e: est.get(provider(e).id, 1))
+            edges.remove(edge)
+            node, r_col, _, p_col = edge
+            prov = provider(edge)
+            recv = self.by_id[node.name]
+            if recv is prov or recv.role == "query":
+                continue
+            if recv.source in self.protected:
+                self.notes.append(
+                    f"no keys shipped into {recv.id} @ {recv.source}: data residency protects it"
+                )
+                continue
+            if any(d.provider == prov.id and d.column == r_col for d in recv.dynamic):
+                continue
+            if recv.id in self._closure(prov):
+                continue  # prov already waits for recv
+            key_type = _key_type(recv, r_col, prov, p_col)
+            if key_type is None:
+                continue
+            e_r, e_p = est.get(recv.id, 1), est.get(prov.id, 1)
+            after = self._reduced(recv, r_col, prov, p_col, e_r, e_p)
+            if self.strategy == "auto":
+                if not (
+                    e_r >= AUTO_MIN_RECEIVER_ROWS
+                    and e_p <= AUTO_MAX_KEYS
+                    and e_p <= AUTO_MAX_RATIO * e_r
+                    and after <= AUTO_MAX_RATIO * e_r
+                ):
+                    continue
+            elif e_p > e_r or after >= e_r:  # semijoin: the smaller side is read first
+                continue
+            recv = self._own(node, recv)
+            if self._add_dynamic(recv, r_col, prov, p_col, key_type):
+                est[recv.id] = after
+                recv.estimated_rows = max(1, round(after))
+                self.notes.append(
+                    f"semi-join: {prov.id} @ {prov.source} is read first; its keys "
+                    f"{p_col} are shipped into {recv.id} @ {recv.source} ({r_col} IN …)"
+                )
+
+    def _frames(self, select: exp.Select) -> dict[str, exp.Table]:
+        """alias -> the residual's frame node, for the fragment frames in FROM / JOIN."""
+        return {
+            item.alias_or_name: item
+            for item in self._from_items(select)
+            if isinstance(item, exp.Table) and not item.db and item.name in self.by_id
+        }
+
+    def _own(self, node: exp.Table, frag: Fragment) -> Fragment:
+        """The fragment ``node`` reads, made private to it: restricting a read that the
+        residual also uses elsewhere (self-joins, EXISTS over the same table) would
+        restrict the other use too, so such a read is copied first."""
+        uses = sum(1 for t in self.root.find_all(exp.Table) if not t.db and t.name == frag.id)
+        if uses > 1:
+            clone = dataclasses.replace(
+                frag,
+                id=f"f{next(self.counter)}",
+                dynamic=[],
+                pushed=list(frag.pushed),
+                template=None,
+            )
+            self.fragments.append(clone)
+            self.by_id[clone.id] = clone
+            self.physical[clone.id] = self.physical[frag.id]
+            self.infos[clone.id] = self.infos[frag.id]
+            self.origin[clone.id] = self.origin.get(frag.id, {})
+            node.set("this", exp.to_identifier(clone.id))
+            frag = clone
+        # later reads of the same SQL must not share a restricted fragment
+        self.by_sql = {k: v for k, v in self.by_sql.items() if v is not frag}
+        return frag
+
+    def _closure(self, frag: Fragment) -> set[str]:
+        """Every fragment ``frag`` waits for, directly or not."""
+        out: set[str] = set()
+        todo = list(frag.depends_on)
+        while todo:
+            f = todo.pop()
+            if f not in out:
+                out.add(f)
+                todo.extend(self.by_id[f].depends_on)
+        return out
+
+    def _reduced(
+        self, recv: Fragment, r_col: str, prov: Fragment, p_col: str, e_r: float, e_p: float
+    ) -> float:
+        """The receiver's expected rows once restricted to the provider's keys."""
+        r = self.origin.get(recv.id, {}).get(r_col)
+        if r is not None and r[0].primary_key == [r[1]]:
+            biggest = max((t.row_estimate or 0) for t in self.infos.get(recv.id, [r[0]]))
+            if (r[0].row_estimate or 0) >= biggest:
+                return min(e_r, e_p)  # at most one row per key
+        p = self.origin.get(prov.id, {}).get(p_col)
+        if p is not None and p[0].primary_key == [p[1]]:
+            total = max(1, p[0].row_estimate or 1)  # keys of a filtered dimension
+            return max(1.0, e_r * min(1.0, e_p / total))
+        return e_r * 0.5 if e_p < e_r else e_r
+
+    def _add_dynamic(
+        self, recv: Fragment, r_col: str, prov: Fragment, p_col: str, key_type: str
+    ) -> bool:
+        """Attach a key filter to ``recv``: in its WHERE when the output column is a plain
+        column there, else around it (``SELECT * FROM (…) WHERE col IN …``)."""
+        kind = recv.kind
+        dialect = DIALECT[kind]
+        physical = self.physical[recv.id]
+        n = len(recv.dynamic)
+        token_name = f"__fedlab_keys_{n}__"
+        target_col = _plain_output_column(physical, r_col)
+        if target_col is not None:
+            target = target_col.sql(dialect=dialect, identify=True)
+        else:
+            wrap = exp.to_identifier("_fedlab_k", quoted=True).sql(dialect=dialect)
+            col = exp.to_identifier(r_col, quoted=True).sql(dialect=dialect)
+            target = f"{wrap}.{col}"
+        recv.dynamic.append(
+            DynamicFilter(
+                column=r_col,
+                provider=prov.id,
+                provider_column=p_col,
+                target=target,
+                placeholder=token_name,
+                key_type=key_type,
+            )
+        )
+        # rebuild the template with one placeholder per filter
+        tree = physical.copy()
+        wrapped = []
+        for d in recv.dynamic:
+            if _plain_output_column(physical, d.column) is not None:
+                tree = tree.where(exp.column(d.placeholder), copy=False)
+            else:
+                wrapped.append(d)
+        text = to_source_sql(tree, kind)
+        if wrapped:
+            wrap = exp.to_identifier("_fedlab_k", quoted=True).sql(dialect=dialect)
+            conds = " AND ".join(
+                exp.column(d.placeholder).sql(dialect=dialect, identify=True) for d in wrapped
+            )
+            text = f"SELECT * FROM ({text}) AS {wrap} WHERE {conds}"
+        recv.template = text
+        shown = text
+        for d in recv.dynamic:
+            token = exp.column(d.placeholder).sql(dialect=dialect, identify=True)
+            if token not in text:  # pragma: no cover - the generator dropped it
+                recv.dynamic.pop()
+                recv.template = None
+                return False
+            shown = shown.replace(
+                token, f"{d.target} IN (/* keys of {d.provider}.{d.provider_column} */)"
+            )
+        recv.sql = shown
+        if "semi-join keys" not in "".join(recv.pushed):
+            recv.pushed.append("semi-join keys shipped in at run time")
+        return True
+
+    def _check_dynamic(self, root: exp.Expression) -> None:
+        """A fragment read twice by the residual (self-joins…) must not be restricted for
+        one of its uses only: drop its key filters."""
+        if not any(f.dynamic for f in self.fragments):
+            return
+        uses: dict[str, int] = {}
+        for t in root.find_all(exp.Table):
+            if not t.db:
+                uses[t.name] = uses.get(t.name, 0) + 1
+        for f in self.fragments:
+            if f.dynamic and uses.get(f.id, 0) != 1:
+                f.dynamic = []
+                f.template = None
+                f.sql = to_source_sql(self.physical[f.id], f.kind)
+                f.pushed = [p for p in f.pushed if "semi-join keys" not in p]
+                self.notes.append(f"no keys shipped into {f.id}: the query reads it twice")
+        # a provider whose receivers lost their filters is fine: it is read first anyway
+
+
+def _key_type(recv: Fragment, r_col: str, prov: Fragment, p_col: str) -> str | None:
+    """``int`` / ``text`` when both columns are of that family (keys written as literals)."""
+    rt, pt = dict(recv.columns).get(r_col), dict(prov.columns).get(p_col)
+    if rt is None or pt is None:
+        return None
+    if rt.is_type(*exp.DataType.INTEGER_TYPES) and pt.is_type(*exp.DataType.INTEGER_TYPES):
+        return "int"
+    if rt.is_type(*exp.DataType.TEXT_TYPES) and pt.is_type(*exp.DataType.TEXT_TYPES):
+        return "text"
+    return None
+
+
+def _plain_output_column(tree: exp.Query, name: str) -> exp.Column | None:
+    """The source column behind output ``name`` when a WHERE filter on it is equivalent to
+    filtering the output (no LIMIT, no window; grouped queries: a grouping column)."""
+    if not isinstance(tree, exp.Select) or tree.args.get("limit") or tree.args.get("offset"):
+        return None
+    if any(p.find(exp.Window) for p in tree.expressions):
+        return None
+    distinct = tree.args.get("distinct")
+    if distinct is not None and distinct.args.get("on"):
+        return None
+    for p in tree.expressions:
+        if p.alias_or_name != name:
+            continue
+        inner = p.this if isinstance(p, exp.Alias) else p
+        if not isinstance(inner, exp.Column):
+            return None
+        group = tree.args.get("group")
+        has_agg = any(x.find(exp.AggFunc) for x in tree.expressions)
+        if group is not None:
+            if not any(g == inner for g in group.expressions):
+                return None
+        elif has_agg:
+            return None
+        return inner.copy()
+    return None
 
 
 # ---------------------------------------------------------------------- helpers
@@ -639,11 +1034,12 @@ def _equi_sides(c: exp.Expression) -> tuple[str, str] | None:
     return None
 
 
-def _reorder_joins(select: exp.Select) -> None:
+def _reorder_joins(select: exp.Select, estimates: dict[str, float] | None = None) -> None:
     """Inner-join scope: rebuild FROM as a chain of equi-joins (no cross products if avoidable).
 
     Polars joins on ``JOIN … ON a = b``; a comma join with the condition in WHERE would be
-    a cross product first.
+    a cross product first. With ``estimates`` (rows expected per fragment), the chain
+    starts from the smallest input and adds the smallest connected one next.
     """
     from_ = select.args.get("from_")
     if from_ is None:
@@ -655,6 +1051,16 @@ def _reorder_joins(select: exp.Select) -> None:
     for j in select.args.get("joins") or []:
         preds += rules.conjuncts(j.args.get("on"))
     alias_of = [i.alias_or_name for i in items]
+
+    def size(i: int) -> float:
+        item = items[i]
+        if estimates is None or not isinstance(item, exp.Table) or item.db:
+            return float("inf")
+        return estimates.get(item.name, float("inf"))
+
+    if estimates is not None and all(size(i) < float("inf") for i in range(len(items))):
+        items = sorted(items, key=lambda it: estimates[it.name])
+        alias_of = [i.alias_or_name for i in items]
     remaining = list(range(1, len(items)))
     joined = {alias_of[0]}
     used: set[int] = set()
