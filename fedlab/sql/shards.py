@@ -480,6 +480,11 @@ class _Pruner:
     def interval(self, lo: Any, lo_incl: bool, hi: Any, hi_incl: bool) -> set[int] | None:
         """Shards that may hold keys in the interval (None bounds: unbounded)."""
         lt = self.lt
+        if self.family == "integer":  # k > 29 is k >= 30: exact bounds on integers
+            if isinstance(lo, int) and not lo_incl:
+                lo, lo_incl = lo + 1, True
+            if isinstance(hi, int) and not hi_incl:
+                hi, hi_incl = hi - 1, True
         try:
             if lt.method == "hash":
                 if self.family != "integer" or lo is None or hi is None:
@@ -887,7 +892,12 @@ class _Expander:
             inner.append((e, name))
             return name
 
+        done: list[tuple[exp.Expression, exp.Expression]] = []  # equal aggregates: one partial
         for a in aggs:
+            again = next((f for other, f in done if other == a), None)
+            if again is not None:
+                finish[id(a)] = again.copy()
+                continue
             if isinstance(a.parent, exp.Filter | exp.WithinGroup):
                 return False
             if any(x is not a for x in a.find_all(exp.AggFunc)):
@@ -923,6 +933,7 @@ class _Expander:
                 )
             else:  # SUM, MIN, MAX: the same aggregate over the partials (NULL over no rows)
                 finish[id(a)] = type(a)(this=col(partial(a.copy())))
+            done.append((a, finish[id(a)]))
         inner += distinct_args
         if not inner:
             return False
