@@ -138,6 +138,8 @@ def assign_partitions(
     Each marked fragment gets a ``pushed`` entry, so EXPLAIN shows the ranges.
     """
     for frag in plan.fragments:
+        if frag.dynamic:  # keys shipped in at run time: already a restricted read
+            continue
         part = partition_for(frag, catalog, max_workers=max_workers, min_rows=min_rows)
         if part is None:
             continue
