@@ -15,7 +15,7 @@
     fed = %federate                              the magic's Federation
 
     options: -o/--out NAME   --strategy S   --explain   --compare S1,S2 (or all)
-             --plot   --limit N   --timeout SECONDS   --no-progress   -v/--verbose
+             --plot   --limit N   --timeout SECONDS   --tenant T   --no-progress   -v/--verbose
 
 The magic is a thin face: it splits the options from the SQL, binds ``:name``
 placeholders from the user namespace (as typed literals, through ``params=``), calls the
@@ -412,6 +412,7 @@ class Federate(Magics):
     @argument("--plot", action="store_true", help="also draw the trace (or the comparison)")
     @argument("--limit", metavar="N", type=_non_negative, help="rows displayed (0: all)")
     @argument("--timeout", metavar="SECONDS", type=_seconds, help="whole-query deadline")
+    @argument("--tenant", metavar="T", help="read only tenant T's shards and sources")
     @argument("--no-progress", action="store_true", help="no progress bars")
     @argument("-v", "--verbose", action="store_true", help="full traceback on errors")
     @line_cell_magic
@@ -474,7 +475,7 @@ class Federate(Magics):
         params = self._params(sql, local_ns)
         strategy = args.strategy or self.strategy
         if explain:
-            return fed.explain(sql, strategy=strategy, params=params)
+            return fed.explain(sql, strategy=strategy, params=params, tenant=args.tenant)
         if command == "explore":
             from fedlab.widgets import explore
 
@@ -487,7 +488,9 @@ class Federate(Magics):
                     strategies = list(STRATEGIES)
                 result: Any = fed.compare(sql, strategies=strategies, params=params)
             else:
-                result = fed.sql(sql, params, strategy=strategy, timeout=timeout)
+                result = fed.sql(
+                    sql, params, strategy=strategy, timeout=timeout, tenant=args.tenant
+                )
         if args.limit is not None and isinstance(result, FederatedResult):
             key = id(result)
             self._limits[key] = args.limit

@@ -566,3 +566,27 @@ def test_bars_only_when_asked_or_in_ipython(demo_dir, monkeypatch):
     assert enable(fed, when=True) is hook  # not stacked twice
     disable(fed)
     assert fed.progress is None
+
+
+def test_tenant_option_routes_to_that_tenants_sources(ip, workdir):
+    import sqlite3
+
+    for tenant in ("a", "b"):
+        con = sqlite3.connect(workdir / f"t_{tenant}.db")
+        con.execute(f"CREATE TABLE notes_{tenant} (id INTEGER PRIMARY KEY, body TEXT)")
+        con.execute(f"INSERT INTO notes_{tenant} VALUES (1, 'from {tenant}')")
+        con.commit()
+        con.close()
+    fed = fl.Federation()
+    for tenant in ("a", "b"):
+        fed.attach(
+            f"t_{tenant}", f"sqlite:///{workdir / f't_{tenant}.db'}", tags={"tenant": tenant}
+        )
+    ip.user_ns["tenants"] = fed
+    ip.run_cell("%federate use tenants")
+    res = ip.run_cell("%federate --tenant a SELECT body FROM notes_a").result
+    assert res.df["body"].to_list() == ["from a"]
+    plan = ip.run_cell("%federate --explain --tenant a SELECT body FROM notes_a").result
+    assert plan.fragments[0].source == "t_a"
+    with pytest.raises(fl.errors.TenantError, match="belongs to tenant 'b'"):
+        ip.run_cell("%federate --tenant a SELECT body FROM notes_b").raise_error()
