@@ -335,9 +335,9 @@ def test_timeout_option_reaches_the_engine(ip, monkeypatch):
     fed = ip.federate.federation
     real = fed.sql
 
-    def spy(sql, params=None, *, strategy=None, timeout=None):
+    def spy(sql, params=None, *, strategy=None, timeout=None, tenant=None):
         seen["timeout"] = timeout
-        return real(sql, params, strategy=strategy, timeout=timeout)
+        return real(sql, params, strategy=strategy, timeout=timeout, tenant=tenant)
 
     monkeypatch.setattr(fed, "sql", spy)
     ip.run_cell("%federate --timeout 12.5 SELECT 1 AS x")

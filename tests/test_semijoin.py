@@ -58,7 +58,9 @@ def by_table(p, table: str):
     return frag
 
 
-JOIN = "SELECT u.name, o.total FROM users u JOIN orders o ON o.user_id = u.id WHERE u.country = 'US'"
+JOIN = (
+    "SELECT u.name, o.total FROM users u JOIN orders o ON o.user_id = u.id WHERE u.country = 'US'"
+)
 
 
 # ------------------------------------------------------------------ cost model
@@ -175,9 +177,7 @@ def test_no_keys_into_protected_sources_and_only_int_or_text_keys() -> None:
     p = plan(JOIN, protected={"sales"})
     assert not any(f.dynamic for f in p.fragments)
     assert any("data residency" in n for n in p.notes)
-    dates = (
-        "SELECT u.name FROM users u JOIN orders o ON o.day = u.joined WHERE u.country = 'US'"
-    )
+    dates = "SELECT u.name FROM users u JOIN orders o ON o.day = u.joined WHERE u.country = 'US'"
     assert not any(f.dynamic for f in plan(dates).fragments)
 
 
@@ -207,12 +207,7 @@ def three(pg_database, mariadb_database, tmp_path_factory):
     write_tables(f"sqlite:///{lite}", {"users": users}, primary_keys={"users": ["id"]})
     write_tables(pg, {"orders": orders}, primary_keys={"orders": ["id"]})
     write_tables(my, {"orders2": orders}, primary_keys={"orders2": ["id"]})
-    return (
-        fl.Federation()
-        .attach("crm", f"sqlite:///{lite}")
-        .attach("pg", pg)
-        .attach("my", my)
-    )
+    return fl.Federation().attach("crm", f"sqlite:///{lite}").attach("pg", pg).attach("my", my)
 
 
 QUERIES = [
