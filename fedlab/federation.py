@@ -180,7 +180,8 @@ class Federation:
         return pl.DataFrame(rows, schema=schema)
 
     def tables(self) -> pl.DataFrame:
-        """One row per table: source, table, columns, primary key, row estimate."""
+        """One row per table: source, table, columns, primary key, row estimate; sharded
+        logical tables (source ``logical``) also list their shards and rule."""
         rows = [
             {
                 "source": t.source,
@@ -188,16 +189,20 @@ class Federation:
                 "columns": ", ".join(f"{c.name} {c.declared}".strip() for c in t.columns),
                 "primary_key": ", ".join(t.primary_key),
                 "rows_estimate": t.row_estimate,
+                "shards": None,
+                "rule": None,
             }
             for tables in self.catalog.tables.values()
             for t in tables.values()
-        ]
+        ] + self.catalog.logical_rows()
         schema = {
             "source": pl.String,
             "table": pl.String,
             "columns": pl.String,
             "primary_key": pl.String,
             "rows_estimate": pl.Int64,
+            "shards": pl.String,
+            "rule": pl.String,
         }
         return pl.DataFrame(rows, schema=schema)
 
