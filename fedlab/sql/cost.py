@@ -9,7 +9,7 @@ small enough to read first and ship its keys to the other side.
 >>> from fedlab.catalog import ColumnInfo, TableInfo
 >>> from sqlglot import exp
 >>> t = TableInfo("s", "orders", [ColumnInfo("id", "bigint", exp.DataType.build("BIGINT"))],
-...               primary_key=["id"], row_estimate=1000, key_ranges={"id": (1, 1000)})
+...               primary_key=["id"], row_estimate=1000, key_ranges={"id": (0, 1000)})
 >>> selectivity(sqlglot.parse_one("o.id = 7"), t)
 0.001
 >>> selectivity(sqlglot.parse_one("o.id <= 250"), t)
