@@ -19,10 +19,13 @@ import polars as pl
 from fedlab.cache import FragmentCache
 from fedlab.catalog import Catalog
 from fedlab.config import load_config
-from fedlab.errors import ConfigError, FedlabError
+from fedlab.errors import ConfigError
 from fedlab.execute.executor import Progress, execute
 from fedlab.execute.fetch import Fetcher, default_fetch
-from fedlab.policy import Policy, check_plan, make_policy, run_guards
+from fedlab.monitor import Monitor
+from fedlab.monitor import health as monitor_health
+from fedlab.policy import Policy, check_access, check_plan, make_policy, run_guards
+from fedlab.resilience import Resilience
 from fedlab.result import Comparison, FederatedResult
 from fedlab.source import Source
 from fedlab.sql.bind import BoundQuery, bind
@@ -55,6 +58,10 @@ class Federation:
         timeout: float | None = None,
         fetch: Fetcher | None = None,
         progress: Progress | None = None,
+        retry: Any = None,
+        breaker: Any = None,
+        max_rows: int | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ConfigError(
@@ -69,7 +76,13 @@ class Federation:
         #: for every fragment (notebook progress bars hook in here)
         self.progress: Progress | None = progress
         self.catalog = Catalog()
-        self._history: list[dict[str, Any]] = []
+        #: the query history and audit (``fed.history()``)
+        self.monitor = Monitor()
+        #: retries and circuit breakers per source, around the fetch seam
+        self.resilience = Resilience(retry, breaker)
+        #: default limits per fragment and per result (``fed.sql(..., max_rows=…)``)
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
         #: opt-in fragment cache (``fed.cache.enable(...)``, ``fed.cache.clear(source=...)``)
         self.cache = FragmentCache()
         self._policy: Policy | None = None
@@ -207,53 +220,20 @@ class Federation:
         return pl.DataFrame(rows, schema=schema)
 
     def health(self) -> pl.DataFrame:
-        """Ping every source: one row each with its round-trip latency or its error."""
-        rows = []
-        for s in self.catalog.sources.values():
-            try:
-                latency, error = s.ping(), None
-            except FedlabError as e:
-                latency, error = None, str(e)
-            rows.append(
-                {
-                    "source": s.name,
-                    "kind": s.kind,
-                    "up": error is None,
-                    "latency_ms": None if latency is None else latency * 1000,
-                    "breaker": "closed",
-                    "error": error,
-                }
-            )
-        schema = {
-            "source": pl.String,
-            "kind": pl.String,
-            "up": pl.Boolean,
-            "latency_ms": pl.Float64,
-            "breaker": pl.String,
-            "error": pl.String,
-        }
-        return pl.DataFrame(rows, schema=schema)
+        """One row per source: reachable, round-trip latency, breaker state, last error."""
+        return monitor_health(self)
 
     def history(self) -> pl.DataFrame:
         """One row per executed query (this session)."""
-        schema = {
-            "at": pl.Float64,
-            "sql": pl.String,
-            "strategy": pl.String,
-            "ok": pl.Boolean,
-            "seconds": pl.Float64,
-            "fragments": pl.Int64,
-            "sources": pl.String,
-            "rows": pl.Int64,
-            "bytes": pl.Int64,
-            "error": pl.String,
-        }
-        return pl.DataFrame(self._history, schema=schema)
+        return self.monitor.history()
 
     # ------------------------------------------------------------------ queries
     def bind(self, sql: str, params: Mapping[str, Any] | None = None) -> BoundQuery:
-        """Parse and bind ``sql`` (names resolved, columns qualified), without planning."""
-        return bind(parse_query(sql, dialect=self.dialect, params=params), self.catalog)
+        """Parse and bind ``sql`` (names resolved, columns qualified), without planning;
+        access rules (``fed.policy(allow=…, deny=…)``) are checked here."""
+        bound = bind(parse_query(sql, dialect=self.dialect, params=params), self.catalog)
+        check_access(bound, self.catalog, self._policy)
+        return bound
 
     def explain(
         self,
@@ -293,27 +273,20 @@ class Federation:
         timeout: float | None = None,
         disable: Sequence[str] = (),
         tenant: str | None = None,
+        on_error: str = "raise",
+        max_rows: int | None = None,
+        max_bytes: int | None = None,
     ) -> FederatedResult:
         """Run one read-only query over the attached sources.
 
         ``disable``: pushdown rules to switch off (see explain); ``tenant``: read only that
-        tenant's shards and sources.
+        tenant's shards and sources; ``on_error``: ``raise``, ``partial`` or ``stale``;
+        ``max_rows`` / ``max_bytes``: limits per fragment and per result.
         """
         t0 = time.monotonic()
         strategy = strategy or self.strategy
-        entry: dict[str, Any] = {
-            "at": time.time(),
-            "sql": sql,
-            "strategy": strategy,
-            "ok": False,
-            "seconds": None,
-            "fragments": None,
-            "sources": None,
-            "rows": None,
-            "bytes": None,
-            "error": None,
-        }
-        self._history.append(entry)
+        record = self.monitor.begin(sql, strategy, params)
+        plan = None
         try:
             plan = self.explain(
                 sql, strategy=strategy, params=params, disable=disable, tenant=tenant
@@ -324,25 +297,22 @@ class Federation:
             df, trace = execute(
                 plan,
                 self.catalog,
-                fetch=self.cache.wrap(self.fetch),
+                fetch=self.cache.wrap(self.resilience.wrap(self.fetch)),
                 max_workers=self.max_workers,
                 timeout=timeout,
                 t0=t0,
                 progress=self.progress,
+                on_error=on_error,
+                max_rows=max_rows if max_rows is not None else self.max_rows,
+                max_bytes=max_bytes if max_bytes is not None else self.max_bytes,
+                cache=self.cache,
             )
-        except FedlabError as e:
-            entry.update(error=f"{type(e).__name__}: {e}", seconds=time.monotonic() - t0)
+        except BaseException as e:  # KeyboardInterrupt too: the history says what happened
+            self.monitor.fail(record, e, plan)
             raise
         trace.planning_s = planning
         trace.total_s = time.monotonic() - t0
-        entry.update(
-            ok=True,
-            seconds=trace.total_s,
-            fragments=len(plan.fragments),
-            sources=", ".join(plan.sources),
-            rows=trace.rows,
-            bytes=trace.bytes,
-        )
+        self.monitor.succeed(record, plan, trace, df)
         return FederatedResult(df, plan, trace)
 
     def table(self, name: str) -> FederatedFrame:  # noqa: F821

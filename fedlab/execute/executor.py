@@ -34,6 +34,10 @@ def execute(
     timeout: float | None = None,
     t0: float | None = None,
     progress: Progress | None = None,
+    on_error: str = "raise",
+    max_rows: int | None = None,
+    max_bytes: int | None = None,
+    cache=None,
 ) -> tuple[pl.DataFrame, Trace]:
     """Fetch every fragment (in parallel), run the residual, return the frame and its trace.
 
@@ -45,6 +49,9 @@ def execute(
         timeout: whole-query deadline in seconds (None: none).
         t0: ``time.monotonic()`` when the query started (for the trace's clock).
         progress: optional per-fragment callback (see :data:`Progress`).
+        on_error: ``raise`` (default), ``partial`` or ``stale`` (seam: only ``raise`` so far).
+        max_rows, max_bytes: limits per fragment and per result (seam: not enforced yet).
+        cache: the federation's fragment cache (for ``stale``).
     """
     t0 = time.monotonic() if t0 is None else t0
     deadline = t0 + timeout if timeout else None
@@ -97,6 +104,7 @@ def execute(
             bytes=res.nbytes,
             reader=res.reader + note,
             cache_hit=res.cache_hit,
+            retries=res.retries,
         )
         notify("end", frag, entry)
         return frag, res, entry

@@ -57,6 +57,8 @@ class FetchResult:
     nbytes: int
     reader: str
     cache_hit: bool = False
+    #: attempts beyond the first (set by the retry wrapper)
+    retries: int = 0
 
 
 #: the seam's signature
