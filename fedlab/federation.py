@@ -62,6 +62,7 @@ class Federation:
         breaker: Any = None,
         max_rows: int | None = None,
         max_bytes: int | None = None,
+        user: str | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ConfigError(
@@ -83,6 +84,8 @@ class Federation:
         #: default limits per fragment and per result (``fed.sql(..., max_rows=…)``)
         self.max_rows = max_rows
         self.max_bytes = max_bytes
+        #: who runs the queries (the audit log's ``user``; default: the OS user)
+        self.user = user
         #: opt-in fragment cache (``fed.cache.enable(...)``, ``fed.cache.clear(source=...)``)
         self.cache = FragmentCache()
         self._policy: Policy | None = None
@@ -226,6 +229,10 @@ class Federation:
     def history(self) -> pl.DataFrame:
         """One row per executed query (this session)."""
         return self.monitor.history()
+
+    def audit(self, path: str | Path | None, *, mask_literals: bool = True) -> None:
+        """Append one JSON line per query to ``path`` (None: stop auditing)."""
+        self.monitor.audit_to(path, mask_literals=mask_literals, user=self.user)
 
     # ------------------------------------------------------------------ queries
     def bind(self, sql: str, params: Mapping[str, Any] | None = None) -> BoundQuery:

@@ -41,6 +41,8 @@ class TraceEntry:
     retries: int = 0
     cache_hit: bool = False
     error: str | None = None
+    #: the source's circuit-breaker state when the fragment ran (closed / open / half-open)
+    breaker: str | None = None
 
     @property
     def seconds(self) -> float:

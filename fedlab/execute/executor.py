@@ -105,6 +105,7 @@ def execute(
             reader=res.reader + note,
             cache_hit=res.cache_hit,
             retries=res.retries,
+            breaker=res.breaker,
         )
         notify("end", frag, entry)
         return frag, res, entry

@@ -59,6 +59,8 @@ class FetchResult:
     cache_hit: bool = False
     #: attempts beyond the first (set by the retry wrapper)
     retries: int = 0
+    #: the source's circuit-breaker state (set by the resilience wrapper)
+    breaker: str | None = None
 
 
 #: the seam's signature
