@@ -184,3 +184,29 @@ class TenantError(PlanError):
 
 
 __all__ += ["ShardError", "TenantError"]
+
+
+class AccessDeniedError(PolicyError):
+    """A query reads a source, table or column that ``fed.policy(allow=..., deny=...)``
+    forbids. Raised when the query is bound, before anything is planned or fetched.
+
+    Attributes:
+        source: the source read.
+        table: the table read (``source.table``; a sharded logical table as
+            ``logical.name``).
+        column: the column read ("" when the whole table is refused).
+        rule: the rule that refuses it (``deny 'crm.users.email'``, or
+            ``allow list [...]`` when no allow rule covers it).
+    """
+
+    def __init__(
+        self, message: str, *, source: str = "", table: str = "", column: str = "", rule: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.source = source
+        self.table = table
+        self.column = column
+        self.rule = rule
+
+
+__all__ += ["AccessDeniedError"]

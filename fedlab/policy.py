@@ -39,11 +39,28 @@ Modes:
 
 Every refusal is a :class:`~fedlab.errors.ResidencyError` naming the table, the source,
 the rule and what would be allowed; it is raised before any row is fetched.
+
+**Access control** (``fed.policy(allow=[...], deny=[...])``) is checked when a query is
+bound, on every column it reads (``SELECT *`` expanded, WHERE, JOIN, GROUP BY, HAVING,
+ORDER BY, window functions, CTEs and subqueries). A rule is a pattern
+``source[.table[.column]]`` whose parts may use globs (``*``, ``?``, ``[ab]``),
+case-insensitively: ``"hr"`` / ``"hr.*"`` is a whole source, ``"crm.users"`` a table,
+``"crm.users.email"`` one column, ``"*.*.email"`` every column named ``email``.
+``deny`` wins over ``allow``; a non-empty ``allow`` list means *only* what it names may be
+read (a column rule also lets the table be counted: ``SELECT count(*)``). A sharded
+logical table is checked as ``logical.<name>`` and as each of its shards' physical tables.
+A refusal is an :class:`~fedlab.errors.AccessDeniedError` naming the column or table and
+the rule:
+
+>>> make_policy(None, deny=["crm.users.email", "hr.*"])
+Policy(residency={}, k=5, keys={}, deny=('crm.users.email', 'hr.*'))
 """
 
 from __future__ import annotations
 
+import fnmatch
 import html
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -53,10 +70,17 @@ from typing import Any
 import sqlglot
 from sqlglot import exp
 
-from fedlab.errors import ConfigError, QueryTimeoutError, ResidencyError, SourceError
+from fedlab.errors import (
+    AccessDeniedError,
+    ConfigError,
+    QueryTimeoutError,
+    ResidencyError,
+    SourceError,
+)
 
 __all__ = [
     "MODES",
+    "AccessRule",
     "Policy",
     "check_access",
     "check_plan",
@@ -81,7 +105,7 @@ _MODE_ALIASES = {
 _DIALECT = {"postgresql": "postgres", "mysql": "mysql", "sqlite": "sqlite", "duckdb": "duckdb"}
 #: aggregates that hand rows out as one list value
 _LIST_AGGREGATES = (exp.ArrayAgg, exp.GroupConcat, exp.ArrayConcatAgg, exp.ArrayUniqueAgg)
-_RULE_KEYS = ("residency", "k", "keys", "reset")
+_RULE_KEYS = ("residency", "k", "keys", "allow", "deny", "reset")
 
 
 # ---------------------------------------------------------------------------- the policy
@@ -137,6 +161,18 @@ class Policy:
     residency: dict[str, str] = field(default_factory=dict)
     k: int = 5
     keys: dict[str, list[str]] = field(default_factory=dict)
+    #: access rules: only what these patterns name may be read (empty: everything)
+    allow: tuple[str, ...] = ()
+    #: access rules: what may never be read (wins over ``allow``)
+    deny: tuple[str, ...] = ()
+
+    @property
+    def allow_rules(self) -> list[AccessRule]:
+        return [AccessRule.parse(p) for p in self.allow]
+
+    @property
+    def deny_rules(self) -> list[AccessRule]:
+        return [AccessRule.parse(p) for p in self.deny]
 
     # ------------------------------------------------------------------ lookups
     @property
@@ -202,12 +238,27 @@ class Policy:
 
     # ------------------------------------------------------------------ display
     def __repr__(self) -> str:
-        return f"Policy(residency={self.residency!r}, k={self.k!r}, keys={self.keys!r})"
+        text = f"Policy(residency={self.residency!r}, k={self.k!r}, keys={self.keys!r}"
+        if self.allow:
+            text += f", allow={self.allow!r}"
+        if self.deny:
+            text += f", deny={self.deny!r}"
+        return text + ")"
+
+    def _access_lines(self) -> list[str]:
+        lines = []
+        if self.allow:
+            lines.append(f"  allow only: {', '.join(self.allow)}")
+        if self.deny:
+            lines.append(f"  deny: {', '.join(self.deny)}")
+        return lines
 
     def __str__(self) -> str:
         if not self.residency:
-            return "Policy: no residency rules (every source may be read freely)"
-        lines = ["Policy:"]
+            head = "Policy: no residency rules (every source may be read freely)"
+            access = self._access_lines()
+            return "\n".join([head, "access rules:", *access]) if access else head
+        lines = ["Policy:", *self._access_lines()]
         for r in self.rules:
             what = {
                 "allow": "no restriction",
@@ -243,6 +294,10 @@ class Policy:
                 for t, c in self.keys.items()
             )
             body += f"<div>identifying columns (besides primary keys):<ul>{items}</ul></div>"
+        for label, pats in (("allow only", self.allow), ("deny", self.deny)):
+            if pats:
+                codes = ", ".join(f"<code>{html.escape(p)}</code>" for p in pats)
+                body += f"<div>access: <b>{label}</b> {codes}</div>"
         return f"<div class='fedlab-policy'><b>Policy</b>{body}</div>"
 
 
@@ -267,16 +322,13 @@ def make_policy(current: Policy | None, **rules: Any) -> Policy:
         k: minimum rows per group leaving an aggregate-only source (an int >= 1).
         keys: ``{"source.table": [columns]}``: identifying columns besides the primary key;
             a table already present is replaced, ``None`` or ``[]`` removes it.
+        allow: patterns ``source[.table[.column]]`` (globs allowed): only these may be
+            read. Replaces the current allow list; ``[]`` clears it.
+        deny: patterns that may never be read (wins over allow). Replaces the current deny
+            list; ``[]`` clears it.
         reset: start from an empty policy (then apply the other arguments).
     """
     unknown = sorted(set(rules) - set(_RULE_KEYS))
-    if unknown and set(unknown) & {"allow", "deny"}:
-        raise ConfigError(
-            "fed.policy(allow=..., deny=...) (table-level access control) is not supported "
-            "yet; to keep a whole source's data in place use "
-            "fed.policy(residency={'source=NAME': 'deny'}) (or a tag selector such as "
-            "'region=EU')"
-        )
     if unknown:
         raise ConfigError(f"unknown policy argument(s) {unknown}; known: {', '.join(_RULE_KEYS)}")
     policy = Policy() if (current is None or rules.get("reset")) else current
@@ -316,7 +368,26 @@ def make_policy(current: Policy | None, **rules: Any) -> Policy:
                 raise ConfigError(f"keys[{table!r}] must be column names, got {cols!r}")
             keys[table] = cols
         policy = replace(policy, keys=keys)
+    for which in ("allow", "deny"):
+        if which in rules and rules[which] is not None:
+            policy = replace(policy, **{which: _check_patterns(which, rules[which])})
     return policy
+
+
+def _check_patterns(which: str, given: Any) -> tuple[str, ...]:
+    if isinstance(given, str):
+        given = [given]
+    if not isinstance(given, Iterable) or isinstance(given, Mapping):
+        raise ConfigError(
+            f"{which}= must be a list of patterns 'source[.table[.column]]', "
+            f"e.g. {which}=['crm.users.email', 'hr.*'], got {given!r}"
+        )
+    out: list[str] = []
+    for p in given:
+        rule = AccessRule.parse(p, which=which)
+        if rule.pattern not in out:
+            out.append(rule.pattern)
+    return tuple(out)
 
 
 def _check_selector(selector: Any) -> str:
@@ -911,7 +982,252 @@ def run_guards(plan: Any, catalog: Any, policy: Policy | None, deadline: float |
                 )
 
 
-def check_access(bound, catalog, policy: Policy | None) -> None:
-    """Refuse a bound query that reads a source, table or column the policy denies
-    (seam; table-level access control is filled in by the security work)."""
-    return None
+# ---------------------------------------------------------------------------- access control
+_PATTERN_PART = re.compile(r"^[A-Za-z0-9_$*?\[\]!\-]+$")
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    """One access pattern ``source[.table[.column]]`` (globs allowed, case-insensitive).
+
+    >>> r = AccessRule.parse("crm.users.email")
+    >>> r.column_level, r.matches_column("crm", "users", "EMAIL"), r.matches_table("crm", "users")
+    (True, True, False)
+    >>> AccessRule.parse("hr.*").matches_table("hr", "salaries")
+    True
+    """
+
+    pattern: str
+    source: str
+    table: str = "*"
+    column: str = "*"
+
+    @classmethod
+    def parse(cls, text: Any, *, which: str = "access") -> AccessRule:
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(
+                f"{which} rule {text!r} must be a non-empty string 'source[.table[.column]]'"
+            )
+        pattern = text.strip()
+        parts = [p.strip() for p in pattern.split(".")]
+        if len(parts) > 3:
+            raise ConfigError(
+                f"{which} rule {pattern!r} has {len(parts)} parts; expected at most "
+                "source.table.column"
+            )
+        for part in parts:
+            if not part or not _PATTERN_PART.match(part):
+                raise ConfigError(
+                    f"{which} rule {pattern!r}: {part!r} is not a name or glob "
+                    "(letters, digits, _, *, ?, [...])"
+                )
+        parts = [p.lower() for p in parts] + ["*"] * (3 - len(parts))
+        return cls(pattern, parts[0], parts[1], parts[2])
+
+    @property
+    def column_level(self) -> bool:
+        """Does the rule name columns (not a whole table or source)?"""
+        return self.column != "*"
+
+    def matches_table(self, source: str, table: str) -> bool:
+        """Does the rule cover the whole table ``source.table``?"""
+        return not self.column_level and self.touches_table(source, table)
+
+    def touches_table(self, source: str, table: str) -> bool:
+        """Does the rule name ``source.table`` or some of its columns?"""
+        return fnmatch.fnmatchcase(_norm(source), self.source) and fnmatch.fnmatchcase(
+            _norm(table), self.table
+        )
+
+    def matches_column(self, source: str, table: str, column: str) -> bool:
+        return self.touches_table(source, table) and fnmatch.fnmatchcase(_norm(column), self.column)
+
+    def __str__(self) -> str:
+        return self.pattern
+
+
+_CLAUSES = {
+    "expressions": "SELECT",
+    "where": "WHERE",
+    "joins": "JOIN",
+    "group": "GROUP BY",
+    "having": "HAVING",
+    "order": "ORDER BY",
+    "qualify": "QUALIFY",
+    "from_": "FROM",
+    "distinct": "DISTINCT ON",
+}
+
+
+def _clause(node: exp.Expression, scope: Any = None) -> str:
+    """Where in its SELECT ``node`` is read (``WHERE``, ``JOIN``, ``window function``…)."""
+    where = ""
+    child, parent = node, node.parent
+    window = False
+    while parent is not None and not isinstance(parent, exp.Select):
+        window = window or isinstance(parent, exp.Window)
+        child, parent = parent, parent.parent
+    if parent is not None:
+        where = _CLAUSES.get(child.arg_key, child.arg_key.upper())
+    if window:
+        where = f"a window function in {where}" if where else "a window function"
+    if scope is not None:
+        if getattr(scope, "is_cte", False):
+            where += " of a CTE"
+        elif getattr(scope, "is_subquery", False) or getattr(scope, "is_derived_table", False):
+            where += " of a subquery"
+    return where or "the query"
+
+
+def _targets(info: Any) -> tuple[tuple[str, str] | None, list[tuple[str, str]]]:
+    """(logical name or None, physical (source, table) list) of a bound table."""
+    lt = getattr(info, "logical", None)
+    if lt is not None:
+        return (info.source, lt.name), [(sh.table.source, sh.table.name) for sh in lt.shards]
+    return None, [(info.source, info.name)]
+
+
+class _AccessCheck:
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.allow = policy.allow_rules
+        self.deny = policy.deny_rules
+        self.problems: list[tuple[str, dict[str, str]]] = []
+        self.seen: set[tuple[str, str, str]] = set()
+
+    def _refuse(self, what: str, info: Any, column: str, rule: str, where: str) -> None:
+        table = f"{info.source}.{info.name}"
+        key = (table, column, rule)
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        self.problems.append(
+            (
+                f"{what} (read in {where}) [{rule}]",
+                {"source": info.source, "table": table, "column": column, "rule": rule},
+            )
+        )
+
+    def _allowed_list(self) -> str:
+        return f"allow list {list(self.policy.allow)}"
+
+    def table(self, info: Any, where: str) -> None:
+        logical, physical = _targets(info)
+        everything = ([logical] if logical else []) + physical
+        for rule in self.deny:
+            for src, tab in everything:
+                if rule.matches_table(src, tab):
+                    self._refuse(
+                        f"table {_shown(info, src, tab)} is denied",
+                        info,
+                        "",
+                        f"deny {rule.pattern!r}",
+                        where,
+                    )
+                    return
+        if self.allow:
+
+            def covered(src: str, tab: str) -> bool:
+                return any(r.touches_table(src, tab) for r in self.allow)
+
+            if not ((logical and covered(*logical)) or all(covered(*t) for t in physical)):
+                self._refuse(
+                    f"table {_shown(info, *physical[0])} is not in the allow list",
+                    info,
+                    "",
+                    self._allowed_list(),
+                    where,
+                )
+
+    def column(self, info: Any, column: str, where: str) -> None:
+        logical, physical = _targets(info)
+        everything = ([logical] if logical else []) + physical
+        for rule in self.deny:
+            for src, tab in everything:
+                if rule.matches_column(src, tab, column):
+                    self._refuse(
+                        f"column {_shown(info, src, tab)}.{column} is denied",
+                        info,
+                        column,
+                        f"deny {rule.pattern!r}",
+                        where,
+                    )
+                    return
+        if self.allow:
+
+            def covered(src: str, tab: str) -> bool:
+                return any(r.matches_column(src, tab, column) for r in self.allow)
+
+            if not ((logical and covered(*logical)) or all(covered(*t) for t in physical)):
+                self._refuse(
+                    f"column {_shown(info, *physical[0])}.{column} is not in the allow list",
+                    info,
+                    column,
+                    self._allowed_list(),
+                    where,
+                )
+
+
+def _shown(info: Any, src: str, tab: str) -> str:
+    if getattr(info, "logical", None) is not None and (src, tab) != (info.source, info.name):
+        return f"{info.source}.{info.name} (shard {src}.{tab})"
+    return f"{src}.{tab}"
+
+
+def check_access(bound: Any, catalog: Any, policy: Policy | None) -> None:
+    """Refuse a bound query that reads a source, table or column the policy denies (or that
+    a non-empty allow list does not name). Every column reference of the bound tree is
+    checked, in every scope: the expanded ``SELECT *``, WHERE, JOIN, GROUP BY, HAVING,
+    ORDER BY, window functions, CTEs and subqueries (correlated ones included).
+
+    Raises:
+        AccessDeniedError: naming the column or table, where it is read, and the rule.
+    """
+    if policy is None or not (policy.allow or policy.deny):
+        return
+    from sqlglot.optimizer.scope import traverse_scope
+
+    tree = bound.tree
+    check = _AccessCheck(policy)
+    tables = [t for t in tree.find_all(exp.Table) if t.meta.get("fedlab_table") is not None]
+    for t in tables:
+        check.table(t.meta["fedlab_table"], "FROM/JOIN")
+    aliases = dict(getattr(bound, "aliases", {}) or {})
+    done: set[int] = set()
+    try:
+        scopes = list(traverse_scope(tree))
+    except Exception:  # an exotic tree: fall back to the query-wide aliases below
+        scopes = []
+    for scope in scopes:
+        for col in scope.columns:
+            src = scope.sources.get(col.table) if col.table else None
+            if isinstance(src, exp.Table):
+                info = src.meta.get("fedlab_table")
+                if info is None:
+                    continue
+                done.add(id(col))
+                _check_column(check, info, col, _clause(col, scope))
+            elif src is not None:
+                done.add(id(col))  # a CTE or derived table: its own scope reads the base columns
+    for col in tree.find_all(exp.Column):
+        if id(col) in done or not col.table:
+            continue
+        info = aliases.get(col.table)
+        if info is not None:
+            _check_column(check, info, col, _clause(col))
+    if check.problems:
+        first = check.problems[0][1]
+        lines = [f"access denied: {check.problems[0][0]}"]
+        lines += [f"  also: {text}" for text, _ in check.problems[1:6]]
+        if len(check.problems) > 6:
+            lines.append(f"  … and {len(check.problems) - 6} more")
+        lines.append("Nothing was read. The rules: fed.policy() (allow=…, deny=…; docs/policy.md).")
+        raise AccessDeniedError("\n".join(lines), **first)
+
+
+def _check_column(check: _AccessCheck, info: Any, col: exp.Column, where: str) -> None:
+    if isinstance(col.this, exp.Star):  # an unexpanded t.*: every column is read
+        for c in info.columns:
+            check.column(info, c.name, where)
+        return
+    check.column(info, col.name, where)

@@ -136,8 +136,10 @@ def test_policy_is_composable_and_shown():
 @pytest.mark.parametrize(
     ("rules", "message"),
     [
-        ({"allow": ["crm.users"]}, "not supported yet"),
-        ({"deny": ["crm.users"]}, "not supported yet"),
+        ({"allow": ["crm.users.email.x"]}, "at most source.table.column"),
+        ({"deny": ["crm.us ers"]}, "not a name or glob"),
+        ({"deny": [""]}, "non-empty string"),
+        ({"deny": {"crm": "users"}}, "must be a list of patterns"),
         ({"residency": {"EU": "aggregated-maybe"}}, "unknown mode"),
         ({"residency": {"": "deny"}}, "non-empty string"),
         ({"residency": {"region=": "deny"}}, "both parts"),
