@@ -227,6 +227,10 @@ class Monitor:
         partial = bool(getattr(trace, "partial", False) or failed or missing)
         for s in missing:
             per.setdefault(s, {"source": s, "error": "did not answer (partial result)"})
+        for m in getattr(trace, "missing", None) or []:  # the reason, where the trace has it
+            src = getattr(m, "source", None)
+            if src in per and not per[src].get("end"):
+                per[src]["error"] = redact(str(m))
         record.update(
             ok=True,
             status="partial" if partial else "ok",

@@ -326,3 +326,25 @@ def test_one_shape_one_fingerprint_in_a_session(tmp_path: Path) -> None:
         fed.sql("SELECT count(*) FROM users WHERE country = :c", params={"c": c})
     assert fed.history()["fingerprint"].n_unique() == 1
     assert plot_history(fed.history()) is not None
+
+
+def test_a_partial_result_is_recorded_with_the_missing_source() -> None:
+    """Monitor.succeed reads ``trace.partial`` / ``missing_sources`` / ``missing``."""
+    from types import SimpleNamespace as NS
+
+    class Missing:
+        source = "b"
+
+        def __str__(self) -> str:
+            return "f2 on b: SourceUnavailableError: down"
+
+    m = Monitor()
+    trace = NS(
+        entries=[], total_s=0.1, rows=0, bytes=0, cache_hits=0,
+        partial=True, missing_sources=["b"], missing=[Missing()],
+    )  # fmt: skip
+    plan = NS(fragments=[NS(tables=["a.t"]), NS(tables=["b.t"])], sources=["a", "b"])
+    m.succeed(m.begin("SELECT 1", "auto"), plan, trace, pl.DataFrame({"x": [1]}))
+    row = m.history().row(0, named=True)
+    assert row["status"] == "partial" and row["ok"] is True and row["n_sources"] == 2
+    assert m.last_errors()["b"][1] == "f2 on b: SourceUnavailableError: down"
