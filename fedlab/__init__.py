@@ -8,6 +8,7 @@ into Polars, and measured.
 from __future__ import annotations
 
 from fedlab.errors import (
+    AccessDeniedError,
     AmbiguousColumnError,
     AmbiguousTableError,
     CatalogError,
@@ -79,6 +80,7 @@ def unload_ipython_extension(ipython) -> None:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessDeniedError",
     "AmbiguousColumnError",
     "AmbiguousTableError",
     "CatalogError",

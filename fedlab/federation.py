@@ -78,7 +78,7 @@ class Federation:
         self.progress: Progress | None = progress
         self.catalog = Catalog()
         #: the query history and audit (``fed.history()``)
-        self.monitor = Monitor()
+        self.monitor = Monitor(user=user, dialect=dialect)
         #: retries and circuit breakers per source, around the fetch seam
         self.resilience = Resilience(retry, breaker)
         #: default limits per fragment and per result (``fed.sql(..., max_rows=…)``)

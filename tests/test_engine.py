@@ -319,3 +319,14 @@ def test_sqlalchemy_fallback_reader_matches_connectorx(pg_database, mariadb_data
             coerce(a.df, frag.columns), coerce(b.df, frag.columns), ordered=True
         )
         assert coerce(a.df, frag.columns)["s"].to_list() == ["50%: a", None]
+
+
+def test_alias_star_expands_to_that_tables_columns(two_sqlite) -> None:
+    fed, _ = two_sqlite
+    res = fed.sql("SELECT u.*, o.total FROM crm.users u JOIN orders o ON o.user_id = u.id")
+    assert res.df.columns == ["id", "name", "joined", "vip", "balance", "seen", "total"]
+    plain = fed.sql(
+        "SELECT u.id, u.name, u.joined, u.vip, u.balance, u.seen, o.total "
+        "FROM crm.users u JOIN orders o ON o.user_id = u.id"
+    )
+    fl.testing.assert_same_result(res.df, plain.df)

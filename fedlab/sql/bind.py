@@ -237,9 +237,40 @@ def _explicit_int_division(tree: exp.Expression) -> None:
             div.replace(exp.IntDiv(this=left, expression=right))
 
 
+def _expand_table_stars(tree: exp.Expression) -> None:
+    """``alias.*`` of a base table becomes its columns (sqlglot's alias canonicalization
+    would otherwise lose which table the star meant)."""
+    for select in list(tree.find_all(exp.Select)):
+        stars = [
+            p
+            for p in select.expressions
+            if isinstance(p, exp.Column) and isinstance(p.this, exp.Star) and p.table
+        ]
+        if not stars:
+            continue
+        items = []
+        if select.args.get("from_") is not None:
+            items.append(select.args["from_"].this)
+        items += [j.this for j in select.args.get("joins") or []]
+        tables = {
+            t.alias_or_name: t.meta["fedlab_table"]
+            for t in items
+            if isinstance(t, exp.Table) and t.meta.get("fedlab_table")
+        }
+        new = []
+        for p in select.expressions:
+            info = tables.get(p.table) if p in stars else None
+            if info is None:
+                new.append(p)
+                continue
+            new.extend(exp.column(c.name, table=p.table, quoted=True) for c in info.columns)
+        select.set("expressions", new)
+
+
 def bind(tree: exp.Query, catalog: Catalog) -> BoundQuery:
     """Resolve tables and columns of ``tree`` against ``catalog`` (mutates and returns it)."""
     _resolve_tables(tree, catalog)
+    _expand_table_stars(tree)
     _name_outputs(tree)
     try:
         tree = qualify(
