@@ -6,6 +6,7 @@ The tree::
     ├── ConfigError                 bad URL, option or config file
     ├── SourceError                 a database could not be used
     │   ├── SourceUnavailableError  it does not answer (connect timeout, refused, bad login)
+    │   │   └── CircuitOpenError    its circuit breaker is open: fails fast (fedlab.resilience)
     │   └── MissingDatabaseFileError a SQLite/DuckDB file that does not exist
     ├── CatalogError                a name does not resolve
     │   ├── UnknownTableError
@@ -210,3 +211,33 @@ class AccessDeniedError(PolicyError):
 
 
 __all__ += ["AccessDeniedError"]
+
+class CircuitOpenError(SourceUnavailableError):
+    """The source's circuit breaker is open (:mod:`fedlab.resilience`): after repeated
+    transient failures fedlab fails fast instead of waiting on the source again. The
+    message names the source, the failures and when a probe will be let through.
+
+    Attributes:
+        source: the source's name.
+        failures: consecutive transient failures that opened the breaker.
+        retry_in: seconds until the breaker half-opens and lets one probe through.
+        last_error: the failure that opened it (already redacted).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str = "",
+        failures: int = 0,
+        retry_in: float = 0.0,
+        last_error: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.source = source
+        self.failures = failures
+        self.retry_in = retry_in
+        self.last_error = last_error
+
+
+__all__ += ["CircuitOpenError"]
