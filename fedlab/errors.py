@@ -212,6 +212,33 @@ class AccessDeniedError(PolicyError):
 
 __all__ += ["AccessDeniedError"]
 
+
+class LimitExceededError(ExecutionError):
+    """A fragment or the result went over ``max_rows`` / ``max_bytes``: the fetch stopped.
+
+    Attributes:
+        fragment: the fragment's id (``"result"`` for the query's result).
+        source: the fragment's source ("" for the result).
+        limit: ``max_rows`` or ``max_bytes``.
+    """
+
+    def __init__(
+        self, message: str, *, fragment: str = "", source: str = "", limit: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.fragment = fragment
+        self.source = source
+        self.limit = limit
+
+
+class QueryCancelledError(ExecutionError):
+    """A fragment stopped because its query was cancelled (another fragment failed, the
+    deadline passed, or the user interrupted): its server statement was cancelled too."""
+
+
+__all__ += ["LimitExceededError", "QueryCancelledError"]
+
+
 class CircuitOpenError(SourceUnavailableError):
     """The source's circuit breaker is open (:mod:`fedlab.resilience`): after repeated
     transient failures fedlab fails fast instead of waiting on the source again. The

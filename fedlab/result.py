@@ -22,7 +22,20 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["Comparison", "FederatedResult", "Trace", "TraceEntry"]
+__all__ = ["Comparison", "FederatedResult", "MissingFragment", "Trace", "TraceEntry"]
+
+
+@dataclass(frozen=True)
+class MissingFragment:
+    """A fragment left out of a partial result (``on_error="partial"``), and why."""
+
+    fragment: str
+    source: str
+    error_class: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.fragment} on {self.source}: {self.error_class}: {self.error}"
 
 
 @dataclass
@@ -70,6 +83,23 @@ class Trace:
     total_s: float = 0.0
     residual_start: float = 0.0
     result_rows: int = 0
+    #: the id that tagged this query's server sessions (``fedlab-<query_id>-<fragment>``)
+    query_id: str = ""
+    #: fragments left out of a partial result (``on_error="partial"``)
+    missing: list[MissingFragment] = field(default_factory=list)
+    #: fragments served from the fragment cache after they failed (``on_error="stale"``):
+    #: fragment id -> age of the cached rows in seconds
+    stale: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def partial(self) -> bool:
+        """Some fragments are missing from the result (see :attr:`missing`)."""
+        return bool(self.missing)
+
+    @property
+    def missing_sources(self) -> list[str]:
+        """Sources with a fragment missing from the result, in plan order."""
+        return list(dict.fromkeys(m.source for m in self.missing))
 
     @property
     def fragments(self) -> list[TraceEntry]:
@@ -125,6 +155,7 @@ class Trace:
                 "retries": [e.retries for e in self.entries],
                 "cache_hit": [e.cache_hit for e in self.entries],
                 "sql": [e.sql for e in self.entries],
+                "error": [e.error for e in self.entries],
             },
             schema_overrides={
                 "start_s": pl.Float64,
@@ -133,6 +164,7 @@ class Trace:
                 "rows": pl.Int64,
                 "bytes": pl.Int64,
                 "retries": pl.Int64,
+                "error": pl.String,
             },
         )
 
@@ -200,10 +232,24 @@ class Trace:
             f"{cached}; "
             f"plan {self.planning_s * 1000:.1f} ms, fetch {self.fetch_s * 1000:.1f} ms, "
             f"local {self.residual_s * 1000:.1f} ms, total {self.total_s * 1000:.1f} ms"
+            + _fallback_text(self)
         )
 
     def __repr__(self) -> str:
         return f"<Trace {self.summary()}>"
+
+
+def _fallback_text(trace: Trace) -> str:
+    """``; PARTIAL: f2 on s1 missing (…)`` / ``; STALE: f1 from cache, 12 s old``."""
+    parts = []
+    if trace.missing:
+        parts.append("PARTIAL result, missing: " + "; ".join(str(m) for m in trace.missing))
+    if trace.stale:
+        parts.append(
+            "STALE: "
+            + ", ".join(f"{f} from cache, {age:,.0f} s old" for f, age in trace.stale.items())
+        )
+    return "".join(f"; {p}" for p in parts)
 
 
 def _human_bytes(n: float) -> str:
@@ -318,6 +364,25 @@ class FederatedResult:
     partial: bool = False
     missing_sources: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # the executor records fallbacks in the trace; the result says so
+        if self.trace.missing:
+            self.partial = True
+            for s in self.trace.missing_sources:
+                if s not in self.missing_sources:
+                    self.missing_sources.append(s)
+
+    @property
+    def missing(self) -> list[MissingFragment]:
+        """Fragments left out of a partial result (``on_error="partial"``), with the error."""
+        return list(self.trace.missing)
+
+    @property
+    def stale(self) -> dict[str, float]:
+        """Fragments served from the fragment cache after failing (``on_error="stale"``):
+        fragment id -> age of their rows in seconds (empty: everything is fresh)."""
+        return dict(self.trace.stale)
+
     def plot(self, **kwargs: Any) -> Figure:
         """Latency waterfall and transfer volume of this query (a matplotlib Figure)."""
         from fedlab.viz import plot_trace
@@ -345,7 +410,10 @@ class FederatedResult:
         return self.df.height
 
     def __repr__(self) -> str:
-        return f"{self.df!r}\n{self.trace.summary()}"
+        head = ""
+        if self.partial:
+            head = f"PARTIAL result: missing {', '.join(self.missing_sources) or 'some sources'}\n"
+        return f"{head}{self.df!r}\n{self.trace.summary()}"
 
     def _repr_html_(self) -> str:
         """The frame (rows shown as ``pl.Config`` says), its size and time, the EXPLAIN tree
@@ -369,9 +437,27 @@ class FederatedResult:
         warning = ""
         if self.partial or self.missing_sources:
             missing = ", ".join(self.missing_sources) or "some sources"
+            detail = "".join(
+                f"<li>{safe_text(m.fragment)} on {safe_text(m.source)}: "
+                f"{safe_text(m.error_class)}: {safe_text(m.error)}</li>"
+                for m in t.missing
+            )
             warning = (
-                f"<div style='color:{ALERT_COLOR}'><b>partial result</b>: "
-                f"{safe_text(missing)} did not answer</div>"
+                f"<div class='fedlab-partial' style='color:{ALERT_COLOR}'><b>partial result</b>: "
+                f"{safe_text(missing)} did not answer; the rows of the missing fragment(s) "
+                "are not in this answer"
+                + (f"<ul style='margin:.2em 0'>{detail}</ul>" if detail else "")
+                + "</div>"
+            )
+        if t.stale:
+            ages = ", ".join(
+                f"{safe_text(f)} ({safe_text(next((e.source for e in t.entries if e.fragment == f), '?'))}): "
+                f"{age:,.0f} s old"
+                for f, age in t.stale.items()
+            )
+            warning += (
+                f"<div class='fedlab-stale' style='color:{ALERT_COLOR}'><b>stale data</b>: "
+                f"served from the fragment cache after the source failed: {ages}</div>"
             )
         explain = (
             "<details><summary style='cursor:pointer'>EXPLAIN "

@@ -15,7 +15,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from fedlab.errors import (
     ConfigError,
@@ -24,7 +24,7 @@ from fedlab.errors import (
 )
 from fedlab.security import redact, register_secret
 
-__all__ = ["KINDS", "Source", "SourceOptions"]
+__all__ = ["KINDS", "TLS_OPTIONS", "Source", "SourceOptions"]
 
 #: URL scheme -> (kind, sqlglot dialect)
 KINDS: dict[str, tuple[str, str]] = {
@@ -35,6 +35,26 @@ KINDS: dict[str, tuple[str, str]] = {
     "mariadb": ("mysql", "mysql"),
     "duckdb": ("duckdb", "duckdb"),
 }
+
+#: TLS settings read from a URL's query string, per kind (passed to every connection)
+TLS_OPTIONS: dict[str, tuple[str, ...]] = {
+    "postgresql": ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword"),
+    "mysql": (
+        "ssl",
+        "ssl_ca",
+        "ssl_cert",
+        "ssl_key",
+        "ssl_verify_cert",
+        "ssl_verify_identity",
+        "ssl_disabled",
+    ),
+}
+#: TLS settings that are secrets (never shown)
+_TLS_SECRETS = ("sslpassword",)
+#: PostgreSQL ``sslmode`` values that refuse a connection without TLS
+PG_TLS_REQUIRED = ("require", "verify-ca", "verify-full")
+
+_TRUE = ("1", "true", "yes", "on", "required")
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -68,6 +88,8 @@ class Source:
     path: Path | None = None
     tags: dict[str, str] = field(default_factory=dict)
     options: SourceOptions = field(default_factory=SourceOptions)
+    #: TLS settings from the URL's query (``sslmode``, ``sslrootcert``; ``ssl_ca``…)
+    tls_options: dict[str, str] = field(default_factory=dict)
     _password: str | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ construction
@@ -139,6 +161,21 @@ class Source:
             password = query["password"]
             register_secret(password)
         database = parts.path.lstrip("/") or None
+        tls_options = {k: query[k] for k in TLS_OPTIONS.get(kind, ()) if k in query}
+        for k in _TLS_SECRETS:
+            if tls_options.get(k):
+                register_secret(tls_options[k])
+        mode = tls_options.get("sslmode")
+        if mode is not None and mode not in (
+            "disable",
+            "allow",
+            "prefer",
+            *PG_TLS_REQUIRED,
+        ):
+            raise ConfigError(
+                f"source {name!r}: sslmode={mode!r} is not one of disable, allow, prefer, "
+                "require, verify-ca, verify-full"
+            )
         return cls(
             name,
             kind,
@@ -149,6 +186,7 @@ class Source:
             database=database,
             tags=tags,
             options=opts,
+            tls_options=tls_options,
             _password=password,
         )
 
@@ -158,12 +196,7 @@ class Source:
         """The URL with the password replaced by ``***``."""
         return self._url(redacted=True)
 
-    @property
-    def connectorx_url(self) -> str:
-        """The URL connectorx reads (holds the password: never print it)."""
-        return self._url(redacted=False)
-
-    def _url(self, *, redacted: bool) -> str:
+    def _url(self, *, redacted: bool, extra: dict[str, str] | None = None) -> str:
         if self.path is not None:  # SQLAlchemy style: sqlite:////abs/path
             return f"{self.kind}:///{self.path}"
         auth = self.user or ""
@@ -171,7 +204,52 @@ class Source:
             auth += ":***" if redacted else f":{self._password}"
         if auth:
             auth += "@"
-        return f"{self.kind}://{auth}{self.host}:{self.port}/{self.database or ''}"
+        query = {
+            k: ("***" if redacted and k in _TLS_SECRETS else v)
+            for k, v in {**self.tls_options, **(extra or {})}.items()
+        }
+        tail = f"?{urlencode(query, safe='/')}" if query else ""
+        return f"{self.kind}://{auth}{self.host}:{self.port}/{self.database or ''}{tail}"
+
+    @property
+    def connectorx_url(self) -> str:
+        """The URL connectorx reads (holds the password: never print it).
+
+        PostgreSQL: the TLS settings and ``connect_timeout`` go in the query string.
+        MariaDB: connectorx's MySQL reader takes no TLS parameter, so a source with TLS
+        settings is read through pymysql instead (see :attr:`connectorx_tls`).
+        """
+        if self.kind == "postgresql":
+            extra = {"connect_timeout": str(max(1, round(self.options.connect_timeout)))}
+            return self._url(redacted=False, extra=extra)
+        if self.kind == "mysql":
+            saved, self.tls_options = self.tls_options, {}
+            try:
+                ms = str(max(1, int(self.options.connect_timeout * 1000)))
+                return self._url(redacted=False, extra={"tcp_connect_timeout_ms": ms})
+            finally:
+                self.tls_options = saved
+        return self._url(redacted=False)
+
+    @property
+    def connectorx_tls(self) -> bool:
+        """Whether connectorx can honour this source's TLS settings (False: MariaDB with
+        TLS settings, read through pymysql)."""
+        return not (self.kind == "mysql" and self.wants_tls)
+
+    @property
+    def wants_tls(self) -> bool:
+        """The URL asks for an encrypted connection."""
+        t = self.tls_options
+        if self.kind == "postgresql":
+            return t.get("sslmode") in PG_TLS_REQUIRED
+        if self.kind == "mysql":
+            if str(t.get("ssl_disabled", "")).lower() in _TRUE:
+                return False
+            return (
+                bool(t.get("ssl_ca") or t.get("ssl_cert")) or str(t.get("ssl", "")).lower() in _TRUE
+            )
+        return False
 
     def describe(self) -> str:
         """``name (url)`` for messages."""
@@ -182,22 +260,55 @@ class Source:
 
     @property
     def tls(self) -> str:
-        """What protects the connection: ``local file``, ``loopback`` or ``none``."""
+        """What protects the connection, e.g. ``required (sslmode=require)``,
+        ``verified (sslmode=verify-full, CA root.crt)``, ``local file``, ``loopback`` or
+        ``none``. File paths are shown by name only; secrets never."""
         if self.path is not None:
             return "local file"
+        t = self.tls_options
+        ca = t.get("sslrootcert") or t.get("ssl_ca")
+        ca_text = f", CA {Path(ca).name}" if ca else ""
+        if self.kind == "postgresql" and "sslmode" in t:
+            mode = t["sslmode"]
+            what = {
+                "disable": "off",
+                "allow": "optional",
+                "prefer": "optional",
+                "require": "required",
+                "verify-ca": "verified",
+                "verify-full": "verified",
+            }[mode]
+            return f"{what} (sslmode={mode}{ca_text})"
+        if self.kind == "mysql" and t:
+            if not self.wants_tls:
+                return "off (ssl_disabled)"
+            verify = (
+                str(t.get("ssl_verify_cert", "")).lower() in _TRUE
+                or str(t.get("ssl_verify_identity", "")).lower() in _TRUE
+            )
+            return f"{'verified' if verify else 'required'} (ssl{ca_text})"
         if self.host in ("127.0.0.1", "localhost", "::1"):
             return "loopback"
         return "none"
 
     # ------------------------------------------------------------------ sessions
-    def session_setup(self) -> list[str]:
-        """Statements that make a fragment session read-only, bounded and exact."""
+    def session_setup(
+        self, *, statement_timeout: float | None = -1.0, tag: str | None = None
+    ) -> list[str]:
+        """Statements that make a fragment session read-only, bounded, exact and tagged.
+
+        ``statement_timeout``: seconds (default: the source's option; None: no limit);
+        ``tag``: PostgreSQL ``application_name`` of the session (see
+        :mod:`fedlab.execute.cancel`; MariaDB sessions are tagged in the SQL text).
+        """
+        limit = self.options.statement_timeout if statement_timeout == -1.0 else statement_timeout
         if self.kind == "postgresql":
-            stmts = ["SET default_transaction_read_only = on"]
-            if self.options.statement_timeout:
-                stmts.append(
-                    f"SET statement_timeout = {int(self.options.statement_timeout * 1000)}"
-                )
+            stmts = []
+            if tag is not None:
+                stmts.append(f"SET application_name = '{tag.replace(chr(39), '')}'")
+            stmts.append("SET default_transaction_read_only = on")
+            if limit:
+                stmts.append(f"SET statement_timeout = {max(int(limit * 1000), 1)}")
             return stmts
         if self.kind == "mysql":
             # div_precision_increment: MariaDB keeps only 4 extra digits after a decimal
@@ -207,13 +318,14 @@ class Source:
                 "SET SESSION div_precision_increment = 30",
                 "SET NAMES utf8mb4",
             ]
-            if self.options.statement_timeout:
-                stmts.append(f"SET SESSION max_statement_time = {self.options.statement_timeout}")
+            if limit:
+                stmts.append(f"SET SESSION max_statement_time = {max(limit, 0.001):.3f}")
             return stmts
         return []
 
-    def connect(self, *, read_only: bool = True) -> Any:
-        """Open a DB-API connection (read-only by default); raise SourceUnavailableError fast."""
+    def connect(self, *, read_only: bool = True, application_name: str | None = None) -> Any:
+        """Open a DB-API connection (read-only by default) with the URL's TLS settings;
+        raise SourceUnavailableError fast."""
         timeout = self.options.connect_timeout
         try:
             if self.kind == "sqlite":
@@ -240,7 +352,8 @@ class Source:
                     dbname=self.database or "postgres",
                     connect_timeout=max(1, int(timeout)),
                     autocommit=True,
-                    application_name=f"fedlab:{self.name}",
+                    application_name=application_name or f"fedlab:{self.name}",
+                    **self.tls_options,
                 )
                 if read_only:
                     for stmt in self.session_setup():
@@ -258,6 +371,7 @@ class Source:
                     connect_timeout=timeout,
                     charset="utf8mb4",
                     autocommit=True,
+                    **self._pymysql_tls(),
                 )
                 if read_only:
                     with con.cursor() as cur:
@@ -269,6 +383,23 @@ class Source:
                 f"source {self.describe()} is not reachable: {type(e).__name__}: {e}"
             ) from None
         raise ConfigError(f"source {self.name!r}: unknown kind {self.kind!r}")
+
+    def _pymysql_tls(self) -> dict[str, Any]:
+        t = self.tls_options
+        if not t:
+            return {}
+        if not self.wants_tls:
+            return {"ssl_disabled": True}
+        kw: dict[str, Any] = {}
+        for k in ("ssl_ca", "ssl_cert", "ssl_key"):
+            if t.get(k):
+                kw[k] = t[k]
+        for k in ("ssl_verify_cert", "ssl_verify_identity"):
+            if k in t:
+                kw[k] = str(t[k]).lower() in _TRUE
+        if not kw.get("ssl_ca") and not kw.get("ssl_cert"):
+            kw["ssl"] = {"check_hostname": False}  # encrypt, no CA: like sslmode=require
+        return kw
 
     def ping(self) -> float:
         """Connect and run ``SELECT 1``; return the round trip in seconds."""

@@ -20,9 +20,12 @@ per partition, concurrently (:func:`partition_queries`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import socket
 import sqlite3
+import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,15 +34,24 @@ import polars as pl
 import pyarrow as pa
 from sqlglot import exp
 
-from fedlab.errors import FragmentError, QueryTimeoutError, SourceUnavailableError
-from fedlab.source import Source
+from fedlab.errors import (
+    FragmentError,
+    LimitExceededError,
+    QueryCancelledError,
+    QueryTimeoutError,
+    SourceUnavailableError,
+)
+from fedlab.execute.cancel import CURRENT, FetchContext, tag_sql
+from fedlab.source import PG_TLS_REQUIRED, Source
 from fedlab.sql.plan import Fragment
 
 __all__ = [
     "FetchResult",
     "Fetcher",
+    "check_limits",
     "coerce",
     "default_fetch",
+    "limit_sql",
     "partition_queries",
     "polars_dtype",
 ]
@@ -131,29 +143,135 @@ def coerce(df: pl.DataFrame, columns: list[tuple[str, exp.DataType]]) -> pl.Data
 
 
 def _probe(source: Source) -> None:
-    """A dead server fails here in seconds (connectorx would retry for ~30 s)."""
+    """A dead or silent server fails here within its ``connect_timeout``, quietly.
+
+    connectorx would retry a failed connect for ~30 s, and would wait just as long on a
+    server that accepts the TCP connection but never answers (a network partition, a
+    blackholing proxy). So the probe speaks the first step of the protocol: PostgreSQL
+    answers an ``SSLRequest`` with one byte (``S`` / ``N``: whether it offers TLS, which
+    also catches ``sslmode=require`` against a server without TLS), MariaDB sends its
+    greeting unasked (its capability flags say whether it offers TLS).
+    """
     if source.path is not None:
         return
+    timeout = source.options.connect_timeout
     try:
-        socket.create_connection(
-            (source.host, source.port), timeout=source.options.connect_timeout
-        ).close()
+        with socket.create_connection((source.host, source.port), timeout=timeout) as sock:
+            sock.settimeout(max(timeout - 0.0, 0.1))
+            if source.kind == "postgresql":
+                sock.sendall(struct.pack("!ii", 8, 80877103))  # SSLRequest
+                answer = sock.recv(1)
+                if not answer:
+                    raise OSError("the server closed the connection without answering")
+                if answer == b"N" and source.tls_options.get("sslmode") in PG_TLS_REQUIRED:
+                    raise SourceUnavailableError(
+                        f"source {source.describe()} does not offer TLS, but the URL says "
+                        f"sslmode={source.tls_options['sslmode']} (turn ssl on in the "
+                        "server, or change sslmode)"
+                    )
+            elif source.kind == "mysql":
+                head = b""
+                while len(head) < 4:
+                    chunk = sock.recv(4 - len(head))
+                    if not chunk:
+                        raise OSError("the server closed the connection without a greeting")
+                    head += chunk
+                n = int.from_bytes(head[:3], "little")
+                body = b""
+                while len(body) < n:
+                    chunk = sock.recv(n - len(body))
+                    if not chunk:
+                        break
+                    body += chunk
+                if source.wants_tls and body[:1] == b"\x0a":
+                    rest = body[1:]
+                    rest = rest[rest.index(b"\x00") + 1 :]  # server version
+                    caps = int.from_bytes(rest[13:15], "little") if len(rest) >= 15 else 0
+                    if not caps & 0x800:  # CLIENT_SSL
+                        raise SourceUnavailableError(
+                            f"source {source.describe()} does not offer TLS, but the URL "
+                            "asks for it (configure ssl in the server, or drop the ssl_* "
+                            "settings)"
+                        )
+    except TimeoutError:
+        raise SourceUnavailableError(
+            f"source {source.describe()} accepted a connection but did not answer within "
+            f"{timeout:g} s (connect_timeout)"
+        ) from None
     except OSError as e:
         raise SourceUnavailableError(f"source {source.describe()} is not reachable: {e}") from None
 
 
+def limit_sql(sql: str, max_rows: int | None) -> str:
+    """Wrap ``sql`` so that the source returns at most ``max_rows + 1`` rows (one more
+    than allowed, so that going over the limit is seen without reading further).
+
+    >>> limit_sql("SELECT a FROM t", 10)
+    'SELECT * FROM (SELECT a FROM t) AS fedlab_limit LIMIT 11'
+    """
+    if max_rows is None:
+        return sql
+    return f"SELECT * FROM ({sql}) AS fedlab_limit LIMIT {int(max_rows) + 1}"
+
+
+def _context() -> FetchContext:
+    return CURRENT.get() or FetchContext()
+
+
+def _time_left(source: Source, deadline: float | None) -> float | None:
+    """Seconds a statement may run: the smaller of the query's time left and the
+    source's ``statement_timeout`` (None: no limit)."""
+    limits = [source.options.statement_timeout] if source.options.statement_timeout else []
+    if deadline is not None:
+        limits.append(max(deadline - time.monotonic(), 0.001))
+    return min(limits) if limits else None
+
+
+def check_limits(fragment: Fragment, source: Source, rows: int, nbytes: int) -> None:
+    """Raise :class:`LimitExceededError` when a fragment's rows or bytes pass the limits
+    of the running query (:class:`FetchContext`)."""
+    ctx = _context()
+    over = None
+    if ctx.max_rows is not None and rows > ctx.max_rows:
+        over = f"more than max_rows={ctx.max_rows:,} rows (the read stopped at {rows:,})"
+    elif ctx.max_bytes is not None and nbytes > ctx.max_bytes:
+        over = f"{nbytes:,} bytes, more than max_bytes={ctx.max_bytes:,}"
+    if over is not None:
+        raise LimitExceededError(
+            f"fragment {fragment.id} on source {source.name} returned {over}; add a filter "
+            "or an aggregate so that less comes back, or raise the limit "
+            "(fed.sql(..., max_rows=…, max_bytes=…) or Federation(max_rows=…, max_bytes=…))",
+            fragment=fragment.id,
+            source=source.name,
+            limit="max_rows" if "max_rows" in over else "max_bytes",
+        )
+
+
 def _read_sqlite(fragment: Fragment, source: Source, deadline: float | None) -> FetchResult:
+    ctx = _context()
+    left = _time_left(source, deadline)
+    stop_at = None if left is None else time.monotonic() + left
     con = sqlite3.connect(f"file:{source.path}?mode=ro", uri=True, check_same_thread=False)
     try:
-        if deadline is not None:
-            con.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 10_000)
+
+        def stop() -> int:
+            if ctx.cancelled.is_set():
+                return 1
+            return 1 if stop_at is not None and time.monotonic() > stop_at else 0
+
+        con.set_progress_handler(stop, 10_000)
         try:
-            cur = con.execute(fragment.sql)
+            cur = con.execute(limit_sql(fragment.sql, ctx.max_rows))
             rows = cur.fetchall()
         except sqlite3.OperationalError as e:
-            if "interrupted" in str(e) and deadline is not None:
+            if "interrupted" in str(e):
+                if ctx.cancelled.is_set():
+                    raise QueryCancelledError(
+                        f"fragment {fragment.id} on {source.name} was cancelled"
+                    ) from None
                 raise QueryTimeoutError(
-                    f"fragment {fragment.id} on {source.name} passed the query deadline"
+                    f"fragment {fragment.id} on {source.name} passed its deadline "
+                    "(query timeout or the source's statement_timeout)"
                 ) from None
             raise
         names = [d[0] for d in cur.description]
@@ -179,12 +297,40 @@ def _read_sqlite(fragment: Fragment, source: Source, deadline: float | None) -> 
 
 
 def _read_duckdb(fragment: Fragment, source: Source, deadline: float | None) -> FetchResult:
+    """DuckDB, read-only; at the deadline (or on cancel) a watcher thread calls
+    ``interrupt()`` on the connection, which stops the running statement."""
     import duckdb
 
+    ctx = _context()
+    left = _time_left(source, deadline)
+    stop_at = None if left is None else time.monotonic() + left
     con = duckdb.connect(str(source.path), read_only=True)
+    done = threading.Event()
+    why: list[str] = []
+
+    def watch() -> None:
+        while not done.wait(0.02):
+            if ctx.cancelled.is_set() or (stop_at is not None and time.monotonic() > stop_at):
+                why.append("cancelled" if ctx.cancelled.is_set() else "deadline")
+                with contextlib.suppress(Exception):
+                    con.interrupt()
+                return
+
+    watcher = threading.Thread(target=watch, name=f"fedlab-duckdb-{fragment.id}", daemon=True)
+    watcher.start()
     try:
-        table = con.execute(fragment.sql).to_arrow_table()
+        table = con.execute(limit_sql(fragment.sql, ctx.max_rows)).to_arrow_table()
+    except Exception:
+        if why:
+            cls = QueryCancelledError if why[0] == "cancelled" else QueryTimeoutError
+            raise cls(
+                f"fragment {fragment.id} on {source.name} was interrupted "
+                f"({'cancelled' if why[0] == 'cancelled' else 'passed its deadline'})"
+            ) from None
+        raise
     finally:
+        done.set()
+        watcher.join()
         con.close()
     return FetchResult(pl.from_arrow(table), table.nbytes, "duckdb")
 
@@ -224,15 +370,16 @@ def partition_queries(fragment: Fragment) -> list[str]:
 def _read_connectorx(fragment: Fragment, source: Source, deadline: float | None) -> FetchResult:
     import connectorx as cx
 
+    if not source.connectorx_tls:  # MariaDB with TLS settings: connectorx has no TLS knob
+        _probe(source)
+        return _read_sqlalchemy(fragment, source, deadline)
+    ctx = _context()
     _probe(source)
-    setup = source.session_setup()
-    if deadline is not None:
-        left = max(deadline - time.monotonic(), 0.001)
-        if source.kind == "postgresql":
-            setup.append(f"SET statement_timeout = {max(int(left * 1000), 1)}")
-        elif source.kind == "mysql":
-            setup.append(f"SET SESSION max_statement_time = {left:.3f}")
-    queries = partition_queries(fragment)
+    setup = source.session_setup(statement_timeout=_time_left(source, deadline), tag=ctx.tag)
+    queries = [
+        tag_sql(limit_sql(q, ctx.max_rows), source.kind, ctx.tag)
+        for q in partition_queries(fragment)
+    ]
     # a list of queries: connectorx reads them concurrently (one connection each, every
     # one set up by pre_execution_query) and concatenates the Arrow batches
     table = cx.read_sql(
@@ -255,10 +402,13 @@ def _read_sqlalchemy(fragment: Fragment, source: Source, deadline: float | None)
     import sqlalchemy as sa
     from sqlalchemy.pool import NullPool
 
+    ctx = _context()
+
     def creator():
-        con = source.connect()  # read-only session, connect timeout
-        if deadline is not None:
-            left = max(deadline - time.monotonic(), 0.001)
+        # read-only session, connect timeout, TLS settings, tagged for cancellation
+        con = source.connect(application_name=ctx.tag)
+        left = _time_left(source, deadline)
+        if left is not None:
             with con.cursor() as cur:
                 if source.kind == "postgresql":
                     cur.execute(f"SET statement_timeout = {max(int(left * 1000), 1)}")
@@ -274,7 +424,8 @@ def _read_sqlalchemy(fragment: Fragment, source: Source, deadline: float | None)
     try:
         with engine.connect() as con:
             # the drivers parse "%" as a placeholder even without parameters: double it
-            result = con.exec_driver_sql(fragment.sql.replace("%", "%%"), ())
+            text = tag_sql(limit_sql(fragment.sql, ctx.max_rows), source.kind, ctx.tag)
+            result = con.exec_driver_sql(text.replace("%", "%%"), ())
             names = list(result.keys())
             rows = result.fetchall()
     finally:
@@ -299,8 +450,24 @@ _TYPE_PROBLEMS = (
 )
 
 
+def _is_panic(e: BaseException) -> bool:
+    """connectorx reports some failures as a Rust panic (``pyo3_runtime.PanicException``,
+    a BaseException): a type it cannot map, for instance."""
+    return type(e).__name__ == "PanicException"
+
+
 def default_fetch(fragment: Fragment, source: Source, deadline: float | None = None) -> FetchResult:
-    """Read one fragment with the best reader for its source; type it as declared."""
+    """Read one fragment with the best reader for its source; type it as declared.
+
+    What the executor says about the running fragment (:class:`FetchContext`: session
+    tag, cancel event, ``max_rows`` / ``max_bytes``) comes through
+    :data:`fedlab.execute.cancel.CURRENT`. The tag and the row limit change the SQL
+    *sent*, never ``fragment.sql`` (the fragment cache's key); a read over a limit raises
+    :class:`~fedlab.errors.LimitExceededError` here, before anything could be cached.
+    """
+    ctx = _context()
+    if ctx.cancelled.is_set():
+        raise QueryCancelledError(f"fragment {fragment.id} on {source.name}: query cancelled")
     if deadline is not None and time.monotonic() > deadline:
         raise QueryTimeoutError(
             f"fragment {fragment.id} on {source.name}: deadline passed before it started"
@@ -309,18 +476,41 @@ def default_fetch(fragment: Fragment, source: Source, deadline: float | None = N
     try:
         try:
             result = reader(fragment, source, deadline)
-        except RuntimeError as e:
+        except BaseException as e:
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
             # connectorx cannot map some column types: fall back to the DB-API driver
-            if reader is _read_connectorx and any(p in str(e).lower() for p in _TYPE_PROBLEMS):
+            text = str(e).lower()
+            if (
+                reader is _read_connectorx
+                and (isinstance(e, RuntimeError) or _is_panic(e))
+                and any(p in text for p in _TYPE_PROBLEMS)
+            ):
                 result = _read_sqlalchemy(fragment, source, deadline)
+            elif _is_panic(e):
+                raise RuntimeError(str(e)) from None
             else:
                 raise
-    except (SourceUnavailableError, QueryTimeoutError):
+    except (SourceUnavailableError, QueryTimeoutError, QueryCancelledError, LimitExceededError):
         raise
     except Exception as e:
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        low = text.lower()
+        if ctx.cancelled.is_set() and any(
+            w in low
+            for w in ("cancel", "interrupted", "killed", "terminat", "closed", "lost connection")
+        ):
+            raise QueryCancelledError(
+                f"fragment {fragment.id} on source {source.name} ({source.kind}) was "
+                f"cancelled: {text}"
+            ) from None
         if any(
-            w in text.lower() for w in ("statement timeout", "max_statement_time", "interrupted")
+            w in low
+            for w in (
+                "statement timeout",
+                "max_statement_time",
+                "interrupted",
+            )
         ):
             raise QueryTimeoutError(
                 f"fragment {fragment.id} on source {source.name} ({source.kind}) timed out: {text}"
@@ -331,5 +521,6 @@ def default_fetch(fragment: Fragment, source: Source, deadline: float | None = N
             source=source.name,
             sql=fragment.sql,
         ) from None
+    check_limits(fragment, source, result.df.height, result.nbytes)
     result.df = coerce(result.df, fragment.columns)
     return result
