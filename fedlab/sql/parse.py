@@ -87,6 +87,8 @@ def parse_query(
         ) from None
     except TokenError as e:
         raise SQLSyntaxError(f"SQL syntax error: {e}") from None
+    except RecursionError:
+        raise SQLSyntaxError("SQL syntax error: the query is nested too deeply") from None
     if len(statements) != 1:
         raise SQLSyntaxError(f"expected exactly one statement, got {len(statements)}")
     tree = statements[0]
@@ -104,12 +106,18 @@ def parse_query(
             f"fedlab runs read-only queries only; this statement is {kind} "
             "(a SELECT, WITH … SELECT, VALUES or set operation)"
         )
+    if any(i.quoted and not i.this for i in tree.find_all(exp.Identifier)):
+        raise SQLSyntaxError('SQL syntax error: zero-length delimited identifier ""')
     if tree.find(exp.Lock):
         raise NotAQueryError(
             "SELECT ... FOR UPDATE/SHARE takes locks; fedlab queries are read-only"
         )
     if isinstance(tree, exp.Subquery):
         tree = tree.unnest()
+    if params is not None and not isinstance(params, Mapping):
+        raise ParameterError(
+            f"params must be a mapping of names to values, not {type(params).__name__}"
+        )
     return _bind_params(tree, params or {})
 
 
@@ -126,6 +134,8 @@ def literal(value: Any, name: str = "?") -> exp.Expression:
             raise ParameterError(f"parameter :{name} is {value!r}, which SQL cannot compare")
         return exp.Literal.number(repr(value))
     if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            raise ParameterError(f"parameter :{name} is {value!r}, which SQL cannot compare")
         return exp.Literal.number(str(value))
     if isinstance(value, str):
         return exp.Literal.string(value)
@@ -147,7 +157,7 @@ def _bind_params(tree: exp.Expression, params: Mapping[str, Any]) -> exp.Query:
     if missing:
         raise ParameterError(
             f"missing value for parameter(s) {', '.join(':' + m for m in missing)}; "
-            f"given: {', '.join(sorted(params)) or 'none'}"
+            f"given: {', '.join(sorted(map(str, params))) or 'none'}"
         )
     for p in placeholders:
         if not p.name:
