@@ -12,18 +12,23 @@ The tree::
     │   ├── UnknownTableError
     │   ├── AmbiguousTableError     a bare table name that several sources have
     │   ├── UnknownColumnError
-    │   └── AmbiguousColumnError
+    │   ├── AmbiguousColumnError
+    │   └── ShardError              a sharded table declared wrong (fed.shard)
     ├── SQLError                    the SQL text itself
     │   ├── SQLSyntaxError          with line/column of the problem
     │   ├── NotAQueryError          INSERT/UPDATE/DDL...: fedlab is read-only
     │   ├── UnsupportedSQLError     valid SQL fedlab cannot plan
     │   └── ParameterError          a missing or unusable ``:param``
     ├── PlanError                   the planner could not produce a plan
+    │   └── TenantError             a tenant's query reads another tenant's source
     ├── ExecutionError              a fragment or the residual failed
     │   ├── FragmentError           names the source and the fragment
-    │   └── QueryTimeoutError
+    │   ├── QueryTimeoutError
+    │   ├── LimitExceededError      a fragment or result over max_rows / max_bytes
+    │   └── QueryCancelledError     stopped by the user (KeyboardInterrupt)
     └── PolicyError                 a query the federation's policy forbids (fedlab.policy)
-        └── ResidencyError          data would leave a protected source in a forbidden form
+        ├── ResidencyError          data would leave a protected source in a forbidden form
+        └── AccessDeniedError       a source, table or column the policy denies
 
 Messages say what and where, and never carry a password: every message passes
 through :func:`fedlab.security.redact` before it is raised.

@@ -47,6 +47,13 @@ class Federation:
         timeout: default whole-query deadline in seconds (None: none).
         fetch: the fetch seam (tests and services wrap it).
         progress: callback ``progress(event, fragment, entry)`` per fragment start/end/error.
+        retry: retries of transient source errors: a :class:`~fedlab.RetryPolicy`, ``True``
+            (the default policy) or ``None``/``False`` (off); per source:
+            ``fed.resilience.configure(name, retry=…)``.
+        breaker: one circuit breaker per source: a :class:`~fedlab.BreakerPolicy`, ``True`` or
+            ``None``/``False`` (off).
+        max_rows, max_bytes: default limits per fragment and per result.
+        user: who runs the queries, for the history and the audit log (default: the OS user).
     """
 
     def __init__(
@@ -96,7 +103,9 @@ class Federation:
         """Attach every source of a ``fedlab.toml`` file (``${ENV}`` interpolated)."""
         cfg = load_config(path)
         settings = {
-            k: v for k, v in cfg.settings.items() if k in ("strategy", "timeout", "max_workers")
+            k: v
+            for k, v in cfg.settings.items()
+            if k in ("strategy", "timeout", "max_workers", "max_rows", "max_bytes", "user")
         }
         fed = cls(**{**settings, **kwargs})
         for s in cfg.sources:

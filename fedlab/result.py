@@ -154,6 +154,7 @@ class Trace:
                 "reader": [e.reader for e in self.entries],
                 "retries": [e.retries for e in self.entries],
                 "cache_hit": [e.cache_hit for e in self.entries],
+                "breaker": [e.breaker for e in self.entries],
                 "sql": [e.sql for e in self.entries],
                 "error": [e.error for e in self.entries],
             },

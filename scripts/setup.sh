@@ -76,6 +76,7 @@ if ((with_servers)); then
             break
         fi
     done
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl) # PostgreSQL's TLS certificate
     if [[ ! -x /usr/sbin/mariadbd ]]; then
         missing+=(mariadb-server)
         fresh_my=1
@@ -193,6 +194,27 @@ if ((have < PG_PREPARED)); then
     wait_for PostgreSQL pg_up
 else
     log "PostgreSQL: max_prepared_transactions = $have"
+fi
+if [[ $(pg_sql 'SHOW ssl') != on ]]; then
+    # TLS for the tests that prove fedlab's sessions are encrypted (sslmode=require): a
+    # self-signed certificate; plain connections keep working
+    pg_dir="/etc/postgresql/$(pg_version)/main"
+    if [[ ! -s $pg_dir/fedlab-server.crt ]]; then
+        openssl req -new -x509 -days 3650 -nodes -subj /CN=127.0.0.1 \
+            -keyout "$pg_dir/fedlab-server.key" -out "$pg_dir/fedlab-server.crt" >/dev/null 2>&1 ||
+            die "could not make a TLS certificate for PostgreSQL"
+        chown postgres: "$pg_dir/fedlab-server.key" "$pg_dir/fedlab-server.crt"
+        chmod 600 "$pg_dir/fedlab-server.key"
+    fi
+    pg_sql "ALTER SYSTEM SET ssl_cert_file = '$pg_dir/fedlab-server.crt'" >/dev/null
+    pg_sql "ALTER SYSTEM SET ssl_key_file = '$pg_dir/fedlab-server.key'" >/dev/null
+    pg_sql "ALTER SYSTEM SET ssl = on" >/dev/null
+    pg_sql "SELECT pg_reload_conf()" >/dev/null
+    sleep 1
+    [[ $(pg_sql 'SHOW ssl') == on ]] || die "PostgreSQL: could not switch ssl on"
+    log "PostgreSQL: ssl on (self-signed certificate in $pg_dir)"
+else
+    log "PostgreSQL: ssl = on"
 fi
 
 # MariaDB

@@ -138,7 +138,7 @@ def test_health_of_sqlite_sources(fed: fl.Federation) -> None:
     assert h["reachable"].all() and h["up"].all()
     assert (h["latency_ms"] > 0).all()
     assert all(v and v.startswith("3.") for v in h["version"].to_list())
-    assert h["breaker"].to_list() == ["closed"] * 4
+    assert h["breaker"].to_list() == ["off"] * 4  # breakers are opt-in (Federation(breaker=True))
     assert h["last_error"].null_count() == 4
 
 
