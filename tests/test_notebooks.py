@@ -24,6 +24,7 @@ EXPECTED = [
     "05_distribution_strategies",
     "06_cross_database_joins",
     "07_performance",
+    "08_failures",
 ]
 ALL = sorted({p.stem for p in NOTEBOOKS.glob("*.ipynb")} | set(EXPECTED))
 
