@@ -285,7 +285,10 @@ def bind(tree: exp.Query, catalog: Catalog) -> BoundQuery:
     except OptimizeError as e:
         raise _column_error(e, tree, catalog) from None
     _restore_aliases(tree)
-    tree = simplify(tree, dialect="postgres")  # folds DATE '…' + INTERVAL '…' and friends
+    try:
+        tree = simplify(tree, dialect="postgres")  # folds DATE '…' + INTERVAL '…' and friends
+    except (TypeError, ValueError, ArithmeticError) as e:  # e.g. INTERVAL NULL DAY
+        raise UnsupportedSQLError(f"cannot fold the constants of this query: {e}") from None
     annotate_types(tree, schema=_schema(catalog), dialect="postgres")
     _explicit_int_division(tree)
     aliases = {
