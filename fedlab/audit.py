@@ -87,7 +87,9 @@ def normalize_sql(sql: str, dialect: str = "postgres") -> str:
 
 def fingerprint(sql: str, dialect: str = "postgres") -> str:
     """A 16-hex-digit hash of :func:`normalize_sql`: same shape, same fingerprint."""
-    return hashlib.sha256(normalize_sql(sql, dialect).encode()).hexdigest()[:16]
+    return hashlib.sha256(normalize_sql(sql, dialect).encode("utf-8", "surrogatepass")).hexdigest()[
+        :16
+    ]
 
 
 @lru_cache(maxsize=2048)

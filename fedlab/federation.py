@@ -19,7 +19,7 @@ import polars as pl
 from fedlab.cache import FragmentCache
 from fedlab.catalog import Catalog
 from fedlab.config import load_config
-from fedlab.errors import ConfigError
+from fedlab.errors import ConfigError, FedlabError, PlanError, UnsupportedSQLError
 from fedlab.execute.executor import Progress, execute
 from fedlab.execute.fetch import Fetcher, default_fetch
 from fedlab.monitor import Monitor
@@ -265,16 +265,29 @@ class Federation:
         ``disable`` switches pushdown rules off (names in ``fedlab.sql.planner.RULES``) to
         see what a plan looks like, and costs, without them.
         """
-        plan = plan_query(
-            self.bind(sql, params),
-            self.catalog,
-            strategy or self.strategy,
-            sql,
-            disable,
-            tenant=tenant,
-            max_workers=self.max_workers,
-            protected=self._protected(),
-        )
+        try:
+            plan = plan_query(
+                self.bind(sql, params),
+                self.catalog,
+                strategy or self.strategy,
+                sql,
+                disable,
+                tenant=tenant,
+                max_workers=self.max_workers,
+                protected=self._protected(),
+            )
+        except FedlabError:
+            raise
+        except RecursionError:
+            raise UnsupportedSQLError(
+                "the query is nested too deeply (subqueries, or a very long chain of "
+                "UNION / OR) for fedlab's planner; split it or simplify it"
+            ) from None
+        except Exception as e:  # a bug: still a FedlabError, with the cause chained
+            raise PlanError(
+                f"internal error while planning the query ({type(e).__name__}: {e}); "
+                "please report it with the SQL"
+            ) from e
         if disable:
             plan.notes.append(f"pushdown rules switched off: {', '.join(sorted(disable))}")
         check_plan(plan, self.catalog, self._policy)

@@ -16,7 +16,7 @@ def register_secret(secret: str) -> None:
 
 
 # scheme://user:password@host  ->  scheme://user:***@host
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*):(?P<pw>[^@\s]*)@")
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]{0,31}://[^:/@\s]*):(?P<pw>[^@\s]*)@")
 # password=...  /  pwd=... / token=... in query strings, DSNs and messages
 _KV_SECRET = re.compile(
     r"(?P<key>\b(?:password|passwd|pwd|token|secret|api_key|apikey)\s*[=:]\s*)(?P<val>'[^']*'|\"[^\"]*\"|[^\s&;,)]+)",

@@ -602,16 +602,10 @@ def hang_guard(seconds: float = HANG_S) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-#: bugs found by this file outside the SQL front end, pinned by the xfail tests at the end:
-#: (exception type, file whose frame raised it or that the traceback passes through)
-KNOWN_BUGS: list[tuple[type[BaseException], str]] = [
-    (RecursionError, "fedlab/sql/dialects.py"),  # see test_deep_subqueries_known_bug
-    (RecursionError, "fedlab/sql/cost.py"),  # see test_long_union_known_bug
-    (RecursionError, "fedlab/sql/residual.py"),  # the same, when fed.sql runs the residual
-    (UnicodeEncodeError, "fedlab/audit.py"),  # see test_lone_surrogate_known_bug
-    (IndexError, "fedlab/sql/dialects.py"),  # see test_negated_escape_string_known_bug
-    (AttributeError, "fedlab/sql/bind.py"),  # see test_string_agg_no_args_known_bug
-]
+#: bugs found by this file outside the SQL front end and not fixed yet, pinned by the xfail
+#: tests at the end: (exception type, file whose frame raised it or that the traceback
+#: passes through). The ones found first are fixed and kept as regression tests below.
+KNOWN_BUGS: list[tuple[type[BaseException], str]] = []
 
 
 def _known(e: BaseException) -> bool:
@@ -783,106 +777,51 @@ def test_examples_reach_the_planner(fed: fl.Federation) -> None:
     assert outcomes.get("ok", 0) >= 10, outcomes
 
 
-# ---------------------------------------------------------------------- known bugs
-# Found by this file; they live outside the SQL front end (not fixed here). strict=True:
-# the day one is fixed the test XPASSes and fails, so that its xfail is removed.
+# ---------------------------------------------------------------------- found bugs
+# Found by this file, fixed since: each stays as a regression test. (Still open: the slow
+# OR chain below, pinned by a strict xfail that fails the day it is fixed.)
 
 
 @pytest.mark.timeout(120, method="thread")
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason=(
-        "bug: 85-120 nested subqueries parse, then RecursionError (not a FedlabError) in "
-        "fedlab/sql/dialects.py to_source_sql (tree.copy()/tree.sql()) via planner._fragment. "
-        "Repro: fed = fl.demo.federation(); n = 100; "
-        "fed.explain('SELECT * FROM (' * n + 'SELECT id FROM users' + ') t' * n)"
-    ),
-)
-def test_deep_subqueries_known_bug(fed: fl.Federation) -> None:
+def test_deep_subqueries_are_a_fedlab_error(fed: fl.Federation) -> None:
+    # was: RecursionError in dialects.to_source_sql (85-120 nested subqueries)
     for depth in range(60, 130, 5):  # the window moves with the stack depth of the caller
         with contextlib.suppress(fl.FedlabError):
             fed.explain(NESTINGS["subquery"](depth))
 
 
 @pytest.mark.timeout(120, method="thread")
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "bug: fedlab.security.redact is quadratic in the length of a run of letters "
-        "(_URL_PASSWORD's [a-zA-Z][a-zA-Z0-9+.\\-]*:// is retried from every position), and "
-        "every FedlabError message passes through it: fed.explain('SELECT id FROM ' + 'x' * "
-        "100_000) takes ~13 s (1,000,000 letters: ~20 min), fl.FedlabError('x' * 100_000) "
-        "alone ~13 s. Fix idea: a lookbehind (?<![a-zA-Z0-9+.\\-]) before the scheme."
-    ),
-)
-def test_long_error_message_known_bug(fed: fl.Federation) -> None:
+def test_long_error_message_is_fast(fed: fl.Federation) -> None:
+    # was: security.redact quadratic in a run of letters (~13 s for 100,000)
     t0 = time.monotonic()
     with pytest.raises(fl.FedlabError):
-        fed.explain("SELECT id FROM " + "x" * 40_000)  # ~2-3 s today, ~0.01 s when linear
+        fed.explain("SELECT id FROM " + "x" * 40_000)
     took = time.monotonic() - t0
     assert took < 1.0, f"an unknown-table error took {took:.1f} s"
 
 
 @pytest.mark.timeout(120, method="thread")
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason=(
-        "bug: a long UNION ALL chain (~900+ branches; sqlglot parses it as a left-deep "
-        "tree) raises RecursionError (not a FedlabError) in fedlab/sql/cost.py "
-        "estimate_query, which recurses on SetOperation.left (and a chain of ~1,000 ORs the "
-        "same way in cost.selectivity). Repro: fed = fl.demo.federation(); "
-        "fed.explain(' UNION ALL '.join(['SELECT id FROM users'] * 1200))"
-    ),
-)
-def test_long_union_known_bug(fed: fl.Federation) -> None:
+def test_long_union_is_a_fedlab_error_or_a_plan(fed: fl.Federation) -> None:
+    # was: RecursionError in cost.estimate_query (~900+ UNION ALL branches)
     with contextlib.suppress(fl.FedlabError):
         fed.explain(NESTINGS["union"](1200))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason=(
-        "bug: fed.sql() of text with a lone surrogate that does not parse raises "
-        "UnicodeEncodeError (not a FedlabError) from the query history, before parsing: "
-        "fedlab/audit.py fingerprint() does normalize_sql(sql).encode() (strict UTF-8) via "
-        "monitor.begin. Repro: fed.sql(\"FROM '\\ud800'\"). Fix idea: "
-        ".encode('utf-8', 'surrogatepass'). (fed.explain is not affected.)"
-    ),
-)
-def test_lone_surrogate_known_bug(fed: fl.Federation) -> None:
-    with contextlib.suppress(fl.FedlabError):
+def test_lone_surrogate_is_a_fedlab_error(fed: fl.Federation) -> None:
+    # was: UnicodeEncodeError from the history's fingerprint (audit.py)
+    with pytest.raises(fl.FedlabError):
         fed.sql("FROM '\ud800'")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason=(
-        "bug: minus before an E'' string: IndexError (not a FedlabError) in sqlglot's "
-        "generator, from fedlab/sql/dialects.py to_source_sql (tree.sql()). "
-        "Repro: fed.explain(\"SELECT -E'x' AS x FROM users\")"
-    ),
-)
-def test_negated_escape_string_known_bug(fed: fl.Federation) -> None:
+def test_negated_escape_string_is_a_fedlab_error_or_a_plan(fed: fl.Federation) -> None:
+    # was: IndexError in sqlglot's generator (dialects.to_source_sql)
     with contextlib.suppress(fl.FedlabError):
         fed.explain("SELECT -E'x' AS x FROM users")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason=(
-        "bug: an aggregate with DISTINCT and no argument parses, then AttributeError "
-        "('NoneType' object has no attribute 'type') in sqlglot's annotate_types, called by "
-        "fedlab/sql/bind.py bind(). Repro: fed.explain('SELECT string_agg(DISTINCT) FROM users')"
-    ),
-)
-def test_string_agg_no_args_known_bug(fed: fl.Federation) -> None:
-    with contextlib.suppress(fl.FedlabError):
+def test_string_agg_without_argument_is_a_fedlab_error(fed: fl.Federation) -> None:
+    # was: AttributeError in sqlglot's annotate_types (bind)
+    with pytest.raises(fl.FedlabError):
         fed.explain("SELECT string_agg(DISTINCT) FROM users")
 
 
