@@ -169,6 +169,31 @@ class Federation:
         fn = getattr(self._policy, "protected_sources", None)
         return set(fn(self.catalog)) if fn is not None else set()
 
+    def transaction(self, **options: Any) -> Any:
+        """``with fed.transaction() as tx: tx.execute(source, sql, params)``: two-phase commit
+        across the sources that can prepare (see :mod:`fedlab.txn`)."""
+        from fedlab.txn import transaction
+
+        return transaction(self, **options)
+
+    def in_doubt(self, **options: Any) -> pl.DataFrame:
+        """This coordinator's prepared transactions still awaiting a decision."""
+        from fedlab.txn import in_doubt
+
+        return in_doubt(self, **options)
+
+    def recover(self, **options: Any) -> Any:
+        """Commit the in-doubt transactions whose decision was logged, roll back the rest."""
+        from fedlab.txn import recover
+
+        return recover(self, **options)
+
+    def saga(self, **options: Any) -> Any:
+        """A saga: steps with compensations, run in order (see :mod:`fedlab.saga`)."""
+        from fedlab.saga import saga
+
+        return saga(self, **options)
+
     def detach(self, name: str) -> None:
         if name not in self.catalog.sources:
             raise ConfigError(f"no source named {name!r} is attached")
