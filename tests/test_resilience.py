@@ -217,6 +217,17 @@ def test_retry_after_refused_connection_mariadb(dbs, pg_proxy, my_proxy) -> None
     assert seam.count("sales") == 2 and _entry(res, "sales").retries == 1
 
 
+def test_retry_after_reset_mid_result_mariadb(dbs, pg_proxy, my_proxy) -> None:
+    # connectorx stays on TCP (prefer_socket=false), so a cut mid-result reaches it
+    fed, seam = _fed(dbs, pg_proxy, my_proxy, retry=FAST)
+    fed.resilience.sleep = lambda s: (my_proxy.passthrough(), time.sleep(s))
+    my_proxy.drop_after(3_000)  # the handshake passes, the 300 rows do not
+    res = fed.sql("SELECT * FROM sales.orders")
+    fl.testing.assert_same_result(res.df, ORDERS)
+    assert my_proxy.resets >= 1
+    assert seam.count("sales") == 2 and res.trace.entries[0].retries == 1
+
+
 def test_errors_the_source_answered_are_not_retried(dbs, pg_proxy) -> None:
     fed, seam = _fed(dbs, pg_proxy, retry=RetryPolicy(attempts=5, initial=0.01, jitter=0))
     src = fed.catalog.sources["crm"]
