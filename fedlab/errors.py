@@ -26,9 +26,12 @@ The tree::
     │   ├── QueryTimeoutError
     │   ├── LimitExceededError      a fragment or result over max_rows / max_bytes
     │   └── QueryCancelledError     stopped by the user (KeyboardInterrupt)
-    └── PolicyError                 a query the federation's policy forbids (fedlab.policy)
-        ├── ResidencyError          data would leave a protected source in a forbidden form
-        └── AccessDeniedError       a source, table or column the policy denies
+    ├── PolicyError                 a query the federation's policy forbids (fedlab.policy)
+    │   ├── ResidencyError          data would leave a protected source in a forbidden form
+    │   └── AccessDeniedError       a source, table or column the policy denies
+    └── SagaError                   a saga cannot be declared, run, resumed or compensated (fedlab.saga)
+        ├── SagaFailedError         a step failed in a ``with fed.saga()`` block; applied steps were compensated
+        └── SagaStuckError          a compensation failed: saga marked "stuck" in its log (names step, source)
 
 Messages say what and where, and never carry a password: every message passes
 through :func:`fedlab.security.redact` before it is raised.
@@ -273,3 +276,67 @@ class CircuitOpenError(SourceUnavailableError):
 
 
 __all__ += ["CircuitOpenError"]
+
+
+class SagaError(FedlabError):
+    """A saga (``fed.saga()``, :mod:`fedlab.saga`) cannot be declared, run, resumed or
+    compensated: an unknown source, a duplicate step name, an unknown saga id, a saga that
+    another live process still runs, an unusable saga log."""
+
+
+class SagaFailedError(SagaError):
+    """A step failed inside a ``with fed.saga() as s:`` block: the steps applied before it
+    were compensated in reverse (``result.compensated``).
+
+    Attributes:
+        saga_id: the saga's id in its log.
+        step: the step that failed.
+        source: the step's source.
+        result: the :class:`fedlab.saga.SagaResult`.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        saga_id: str = "",
+        step: str = "",
+        source: str = "",
+        result: object = None,
+    ) -> None:
+        super().__init__(message)
+        self.saga_id = saga_id
+        self.step = step
+        self.source = source
+        self.result = result
+
+
+class SagaStuckError(SagaError):
+    """A compensation failed (after its retries): the saga is marked ``stuck`` in its log,
+    some steps are still applied. The message names the step and the source; fix the
+    cause and run ``fed.saga(log=...).compensate(saga_id)`` again.
+
+    Attributes:
+        saga_id: the saga's id in its log.
+        step: the step whose compensation failed.
+        source: that step's source.
+        result: the :class:`fedlab.saga.SagaResult` (status ``stuck``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        saga_id: str = "",
+        step: str = "",
+        source: str = "",
+        result: object = None,
+    ) -> None:
+        super().__init__(message)
+        self.saga_id = saga_id
+        self.step = step
+        self.source = source
+        self.result = result
+
+
+__all__ += ["SagaError", "SagaFailedError", "SagaStuckError"]
