@@ -29,9 +29,15 @@ The tree::
     ├── PolicyError                 a query the federation's policy forbids (fedlab.policy)
     │   ├── ResidencyError          data would leave a protected source in a forbidden form
     │   └── AccessDeniedError       a source, table or column the policy denies
-    └── SagaError                   a saga cannot be declared, run, resumed or compensated (fedlab.saga)
-        ├── SagaFailedError         a step failed in a ``with fed.saga()`` block; applied steps were compensated
-        └── SagaStuckError          a compensation failed: saga marked "stuck" in its log (names step, source)
+    ├── SagaError                   a saga cannot be declared, run, resumed or compensated (fedlab.saga)
+    │   ├── SagaFailedError         a step failed in a ``with fed.saga()`` block; applied steps were compensated
+    │   └── SagaStuckError          a compensation failed: saga marked "stuck" in its log (names step, source)
+    └── TransactionError            a distributed transaction failed (fedlab.txn)
+        ├── StatementError          a statement inside ``fed.transaction()`` failed
+        ├── TwoPhaseUnsupportedError a source that cannot prepare (SQLite; max_prepared_transactions=0)
+        ├── PrepareError            phase one failed on a source: every source rolled back
+        ├── InDoubtError            phase two did not finish: run ``fed.recover()``
+        └── InjectedCrash           a ``fail_at=`` point was reached (simulated coordinator crash)
 
 Messages say what and where, and never carry a password: every message passes
 through :func:`fedlab.security.redact` before it is raised.
@@ -276,6 +282,56 @@ class CircuitOpenError(SourceUnavailableError):
 
 
 __all__ += ["CircuitOpenError"]
+
+
+class TransactionError(FedlabError):
+    """A distributed transaction (``fed.transaction()``, :mod:`fedlab.txn`) failed.
+
+    Attributes:
+        gid: the global transaction id (``fedlab:<coordinator>:<uuid>``), or "".
+        source: the source concerned, or "".
+    """
+
+    def __init__(self, message: str, *, gid: str = "", source: str = "") -> None:
+        super().__init__(message)
+        self.gid = gid
+        self.source = source
+
+
+class StatementError(TransactionError):
+    """A statement run by ``tx.execute`` / ``tx.query`` failed on its source; leaving the
+    ``with`` block with it rolls back every source."""
+
+
+class TwoPhaseUnsupportedError(TransactionError):
+    """A source cannot take part in two-phase commit: SQLite / DuckDB (no PREPARE; allowed
+    only as the single ``last_resource``) or PostgreSQL with ``max_prepared_transactions =
+    0`` (the message says how to set it). Nothing was committed."""
+
+
+class PrepareError(TransactionError):
+    """Phase one (PREPARE TRANSACTION / XA PREPARE, or the last resource's commit) failed on
+    a source: every source was rolled back."""
+
+
+class InDoubtError(TransactionError):
+    """The decision was logged but phase two did not finish on every source: the
+    transaction is in doubt there until ``fed.recover()`` finishes it."""
+
+
+class InjectedCrash(TransactionError):
+    """``fed.transaction(fail_at=...)`` reached its failure point: the coordinator
+    "crashed" there, leaving the sources as a real crash would (see ``fed.in_doubt()``)."""
+
+
+__all__ += [
+    "InDoubtError",
+    "InjectedCrash",
+    "PrepareError",
+    "StatementError",
+    "TransactionError",
+    "TwoPhaseUnsupportedError",
+]
 
 
 class SagaError(FedlabError):
