@@ -438,8 +438,26 @@ def _escape_percent(text: str, kind: str) -> str:
     return text.replace("%", "%%") if kind in ("postgresql", "mysql") else text
 
 
+class _DuckResult:
+    """DuckDB's ``con.cursor()`` is a second connection with its own transaction, so
+    statements run on the connection itself; this wraps it like a cursor whose
+    ``close()`` leaves the connection open."""
+
+    def __init__(self, con: Any) -> None:
+        self._con = con
+
+    def fetchone(self) -> Any:
+        return self._con.fetchone()
+
+    def close(self) -> None:
+        pass
+
+
 def _execute(con: Any, kind: str, sql: str, params: Any = None) -> Any:
-    """Run one statement; return the cursor."""
+    """Run one statement in the connection's transaction; return a cursor."""
+    if kind == "duckdb":
+        con.execute(sql) if params is None else con.execute(sql, params)
+        return _DuckResult(con)
     cur = con.cursor()
     if params is None:
         cur.execute(sql)

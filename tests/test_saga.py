@@ -526,3 +526,44 @@ def test_concurrent_retries_with_one_key_apply_once(bank: Bank) -> None:
     assert [r.status for r in results] == ["done", "done"]
     assert sorted(len(r.skipped) for r in results) == [0, 1]
     assert bank.pg("SELECT balance FROM accounts WHERE id = 1")[0][0] == 499
+
+
+def test_duckdb_step_and_key_share_the_transaction(tmp_path: Path) -> None:
+    """DuckDB's ``cursor()`` is a second connection: fedlab runs a step's statements on the
+    connection that holds the transaction, so a failed step leaves neither change nor key."""
+    import duckdb
+
+    path = tmp_path / "d.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE t (id INT PRIMARY KEY, v INT)")
+    con.execute("INSERT INTO t VALUES (1, 10)")
+    con.close()
+    fed = fl.Federation()
+    fed.attach("d", f"duckdb:///{path}")
+    s = fed.saga(log=tmp_path / "log.sqlite")
+    s.step(
+        "a",
+        "d",
+        "UPDATE t SET v = v - :x WHERE id = 1",
+        "UPDATE t SET v = v + :x WHERE id = 1",
+        params={"x": 3},
+    )
+    s.step("b", "d", ["UPDATE t SET v = 0 WHERE id = 1", "INSERT INTO t VALUES (1, 0)"])
+    res = s.run()
+    assert res.status == "compensated" and res.failed == "b" and res.compensated == ["a"]
+    for key in ("k", "k"):  # the second run skips
+        r = (
+            fed.saga(log=tmp_path / "log.sqlite")
+            .step("a", "d", "UPDATE t SET v = v + 1 WHERE id = 1", key=key)
+            .run()
+        )
+        assert r.ok
+    con = duckdb.connect(str(path))
+    try:
+        assert con.execute("SELECT v FROM t").fetchall() == [(11,)]
+        keys = con.execute(f"SELECT step_key, kind FROM {KEYS_TABLE} ORDER BY 1, 2").fetchall()
+    finally:
+        con.close()
+    assert sorted(keys) == sorted(
+        [("k", "action"), (f"{res.saga_id}:a", "action"), (f"{res.saga_id}:a", "compensation")]
+    )
