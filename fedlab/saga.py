@@ -494,6 +494,30 @@ def _rollback(con: Any, kind: str) -> None:
         pass
 
 
+#: advisory lock id that serialises the keys table's creation on PostgreSQL
+_KEYS_LOCK = 0x6665646C  # "fedl"
+
+
+def _ensure_keys_table(con: Any, kind: str) -> None:
+    """Create ``fedlab_saga_keys`` if missing. On PostgreSQL two sessions running
+    ``CREATE TABLE IF NOT EXISTS`` at once can both pass the check and one fails on
+    ``pg_type``'s unique index; a transaction-scoped advisory lock serialises them."""
+    if kind != "postgresql":
+        _execute(con, kind, _KEYS_DDL[kind]).close()
+        return
+    autocommit = con.autocommit
+    con.autocommit = False
+    try:
+        _execute(con, kind, f"SELECT pg_advisory_xact_lock({_KEYS_LOCK})").close()
+        _execute(con, kind, _KEYS_DDL[kind]).close()
+        con.commit()
+    except BaseException:
+        _rollback(con, kind)
+        raise
+    finally:
+        con.autocommit = autocommit
+
+
 def _placeholders(kind: str, count: int) -> str:
     mark = {"postgresql": "%s", "mysql": "%s", "duckdb": "?", "sqlite": "?"}[kind]
     return ", ".join([mark] * count)
@@ -792,7 +816,7 @@ class Saga:
             if src.kind == "sqlite":
                 con.isolation_level = None  # fedlab issues BEGIN / COMMIT itself
             if src.name not in self._ready:
-                _execute(con, src.kind, _KEYS_DDL[src.kind]).close()
+                _ensure_keys_table(con, src.kind)
                 self._ready.add(src.name)
         except Exception:
             con.close()

@@ -523,7 +523,7 @@ def test_concurrent_retries_with_one_key_apply_once(bank: Bank) -> None:
         t.start()
     for t in threads:
         t.join(30)
-    assert [r.status for r in results] == ["done", "done"]
+    assert [r.status for r in results] == ["done", "done"], [r.error for r in results]
     assert sorted(len(r.skipped) for r in results) == [0, 1]
     assert bank.pg("SELECT balance FROM accounts WHERE id = 1")[0][0] == 499
 
