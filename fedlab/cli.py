@@ -158,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="TPC-H benchmark against a monolith (fedlab bench --help)",
         add_help=False,
     )
+    sub.add_parser(
+        "serve-demo-apis",
+        help="start the demo's REST services on loopback (fedlab serve-demo-apis --help)",
+        add_help=False,
+    )
+    sub.add_parser(
+        "serve",
+        help="serve the catalog over HTTP, e.g. as GraphQL (fedlab serve --help)",
+        add_help=False,
+    )
     return parser
 
 
@@ -337,6 +347,19 @@ def _bench(argv: list[str]) -> int:
     return int(bench.main(argv) or 0)
 
 
+def _serve(command: str, argv: list[str]) -> int:
+    """``serve-demo-apis`` (fedlab.apis: the demo's REST services) and ``serve``
+    (fedlab.gateway: the catalog over GraphQL)."""
+    import importlib
+
+    module = {"serve-demo-apis": "fedlab.apis", "serve": "fedlab.gateway"}[command]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(f"fedlab {command} is not available: {e}") from None
+    return int(mod.main(argv) or 0)
+
+
 # ---------------------------------------------------------------------- entry point
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fedlab`` command line; return the exit status."""
@@ -345,6 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args_list[:1] == ["bench"]:
             # everything after "bench" belongs to the benchmark's own parser
             return _bench(args_list[1:])
+        if args_list[:1] in (["serve-demo-apis"], ["serve"]):
+            # the servers parse their own arguments
+            return _serve(args_list[0], args_list[1:])
         try:
             args = build_parser().parse_args(args_list)
         except SystemExit as e:  # --help, --version, usage errors: argparse has printed
