@@ -25,6 +25,7 @@ EXPECTED = [
     "06_cross_database_joins",
     "07_performance",
     "08_failures",
+    "09_transactions",
 ]
 ALL = sorted({p.stem for p in NOTEBOOKS.glob("*.ipynb")} | set(EXPECTED))
 
