@@ -36,7 +36,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -441,7 +441,9 @@ class Transaction:
         coordinator: this coordinator's id (default: :func:`default_coordinator`).
         fail_at: a failure point (:data:`FAIL_POINTS`) at which the coordinator "crashes".
         fail_mode: ``"raise"`` (:class:`~fedlab.errors.InjectedCrash`, connections dropped
-            as a crash would) or ``"exit"`` (``os._exit(1)``: the process dies there).
+            as a crash would), ``"exit"`` (``os._exit(1)``: the process dies there), or a
+            callable ``f(point)`` called at the point, after which the transaction goes on
+            (to cause a real fault there: cut a connection, stop a server).
         timeout: seconds each statement (and each lock wait) may take on a source (default:
             the source's ``statement_timeout``; None: no limit).
         last_resource: the one source that cannot prepare allowed to join (committed after
@@ -461,7 +463,7 @@ class Transaction:
         log: str | Path | None = None,
         coordinator: str | None = None,
         fail_at: str | None = None,
-        fail_mode: str = "raise",
+        fail_mode: str | Callable[[str], Any] = "raise",
         timeout: float | None = -1.0,
         last_resource: str | None = None,
         one_phase: bool = True,
@@ -474,8 +476,8 @@ class Transaction:
         self._log: CoordinatorLog | None = None
         self.gid = f"{_prefix(self.coordinator)}{uuid.uuid4().hex}"
         self.fail_at = self._check_fail_at(fail_at)
-        if fail_mode not in ("raise", "exit"):
-            raise ConfigError(f"fail_mode={fail_mode!r}: use 'raise' or 'exit'")
+        if not callable(fail_mode) and fail_mode not in ("raise", "exit"):
+            raise ConfigError(f"fail_mode={fail_mode!r}: use 'raise', 'exit' or a callable")
         self.fail_mode = fail_mode
         self.timeout = timeout
         if last_resource is not None:
@@ -832,10 +834,21 @@ class Transaction:
             try:
                 _commit_prepared(p, self.gid)
             except Exception as e:
-                failed.append(f"{p.name}: {type(e).__name__}: {e}")
+                # the prepared transaction outlives its session: finish it on a new one
                 self._mark(p.name, "commit", t0, False, f"{type(e).__name__}: {e}")
                 _close(p.con)
-                p.state = "lost"
+                t0 = time.perf_counter()
+                try:
+                    detail = _commit_prepared_again(p)
+                except Exception as e2:
+                    failed.append(f"{p.name}: {type(e2).__name__}: {e2}")
+                    self._mark(
+                        p.name, "commit", t0, False, f"new session: {type(e2).__name__}: {e2}"
+                    )
+                    p.state = "lost"
+                    continue
+                p.state = "committed"
+                self._mark(p.name, "commit", t0, True, detail)
                 continue
             p.state = "committed"
             self._mark(p.name, "commit", t0, True, _commit_sql(p))
@@ -882,6 +895,10 @@ class Transaction:
 
     def _crash(self, point: str) -> None:
         t0 = time.perf_counter()
+        if callable(self.fail_mode):  # a real fault caused by the caller; then carry on
+            self.fail_mode(point)
+            self._mark("coordinator", "fault", t0, True, f"fail_at={point}: fail_mode called")
+            return
         if self.fail_mode == "exit":
             os._exit(1)
         for p in self._parts.values():  # a dead process's sessions end: unprepared work is lost
@@ -940,6 +957,35 @@ def _commit_prepared(p: _Participant, gid: str) -> None:
         _pg_do(p.con, "COMMIT PREPARED {}", p.xid)
     else:
         _cursor_do(p.con, "XA COMMIT %s, %s", (gid, p.name))
+
+
+#: phase-two attempts on a new session after the first one failed (0.1 s, 0.2 s, 0.4 s apart)
+PHASE_TWO_ATTEMPTS = 3
+
+_GONE = ("does not exist", "xaer_nota", "unknown xid")
+
+
+def _commit_prepared_again(p: _Participant) -> str:
+    """Commit ``p``'s prepared transaction from a new session (a few attempts with
+    backoff); return the trace's detail. A transaction the server no longer lists was
+    committed by the first attempt (its reply was lost): the decision is commit and only
+    ``recover()`` with that decision finishes this gid."""
+    import tenacity
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(PHASE_TWO_ATTEMPTS),
+        wait=tenacity.wait_exponential(multiplier=0.1, max=1.0),
+        reraise=True,
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                _resolve({"_src": p.source, "kind": p.kind, "xid": p.xid}, "commit")
+    except Exception as e:
+        if any(w in str(e).lower() for w in _GONE):
+            return f"{_commit_sql(p)} on a new session: already committed"
+        raise
+    return f"{_commit_sql(p)} on a new session"
 
 
 def _one_phase_commit(p: _Participant) -> None:

@@ -28,6 +28,7 @@ import fedlab as fl
 from fedlab import txn
 from fedlab.errors import (
     ConfigError,
+    InDoubtError,
     InjectedCrash,
     PrepareError,
     StatementError,
@@ -634,3 +635,81 @@ def test_no_password_in_errors_or_trace(tables: tuple[str, str], coord: str, log
         tx.execute("crm", f"SELECT '{secret}' FROM no_such_table")
     assert secret not in str(ei.value) and "***" in str(ei.value)
     assert secret not in str(tx.trace.to_dicts())
+
+
+# ---------------------------------------------------------------------- phase two fails
+def _through_proxy(tables: tuple[str, str], proxy: Any) -> fl.Federation:
+    """crm directly; sales (MariaDB) through the fault proxy."""
+    s = Source.from_url("x", tables[1])
+    fed = fl.Federation()
+    fed.attach("crm", tables[0])
+    fed.attach("sales", f"mysql://root@127.0.0.1:{proxy.port}/{s.database}")
+    return fed
+
+
+def test_phase_two_failure_is_in_doubt_then_recovered(
+    tables: tuple[str, str], coord: str, log: str
+) -> None:
+    """MariaDB becomes unreachable between the logged decision and its ``XA COMMIT`` (a
+    fault proxy, cut for real at the ``during_commit:sales`` point): PostgreSQL commits,
+    MariaDB stays prepared; phase two retries on new sessions, then raises InDoubtError;
+    ``recover()`` commits MariaDB once it is reachable again."""
+    from fedlab.faults import FaultProxy
+
+    pg_url, my_url = tables
+    with FaultProxy("127.0.0.1", 3306) as proxy:
+        fed = _through_proxy(tables, proxy)
+
+        def cut(point: str) -> None:
+            proxy.refuse()
+            proxy.reset()
+
+        with (
+            pytest.raises(InDoubtError) as ei,
+            fed.transaction(
+                log=log, coordinator=coord, fail_at="during_commit:sales", fail_mode=cut
+            ) as tx,
+        ):
+            _move(tx)
+        assert ei.value.gid == tx.gid and "fed.recover()" in str(ei.value)
+        assert tx.outcome == "in doubt"
+        commits = tx.trace.filter(phase="commit")
+        assert commits.filter(source="crm")["ok"].to_list() == [True]
+        assert commits.filter(source="sales")["ok"].to_list() == [False, False]
+        # crm committed; sales prepared, not committed: read directly, not through the proxy
+        assert _pg_bal(pg_url) == 90 and _my_bal(my_url) == 100
+        assert len(_my_prepared(my_url, coord)) == 1 and _pg_prepared(pg_url, coord) == []
+        proxy.passthrough()
+        doubt = fed.in_doubt(log=log, coordinator=coord)
+        assert doubt["source"].to_list() == ["sales"] and doubt["decision"].to_list() == ["commit"]
+        done = fed.recover(log=log, coordinator=coord)
+        assert done["action"].to_list() == ["commit"] and done["ok"].all()
+    assert _my_bal(my_url) == 110
+    _nothing_prepared(tables, coord)
+    assert txn.CoordinatorLog(log).entry(tx.gid)["state"] == "recovered_commit"  # type: ignore[index]
+
+
+def test_phase_two_finishes_on_a_new_session(tables: tuple[str, str], coord: str, log: str) -> None:
+    """The prepared transaction outlives its session: when the session that prepared it
+    is cut (TCP reset) just before its ``XA COMMIT``, phase two commits it from a new
+    session and the transaction commits."""
+    from fedlab.faults import FaultProxy
+
+    pg_url, my_url = tables
+    with FaultProxy("127.0.0.1", 3306) as proxy:
+        fed = _through_proxy(tables, proxy)
+        cut: list[int] = []
+        with fed.transaction(
+            log=log,
+            coordinator=coord,
+            fail_at="during_commit:sales",
+            fail_mode=lambda point: cut.append(proxy.reset()),
+        ) as tx:
+            _move(tx)
+    assert cut == [1]
+    assert tx.outcome == "committed"
+    sales = tx.trace.filter(source="sales", phase="commit")
+    assert sales["ok"].to_list() == [False, True]
+    assert sales["detail"][1] == "XA COMMIT on a new session"
+    assert _pg_bal(pg_url) == 90 and _my_bal(my_url) == 110
+    _nothing_prepared(tables, coord)
