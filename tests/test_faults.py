@@ -289,9 +289,12 @@ def test_source_blackholed_mid_query_ends_within_the_deadline(pg_fast) -> None:
         with pytest.raises(QueryTimeoutError):
             fed.sql("SELECT count(*) AS n FROM fast a, fast b, fast c, fast d, fast e", timeout=1.0)
         assert time.monotonic() - t < 2.0
-    # the proxy is gone: the connectorx thread sees its socket close and returns
-    eventually(lambda: not fragment_threads(), within=2.0)
-    eventually(lambda: not pg_sessions(pg_fast), within=2.0)  # statement_timeout held
+        # still partitioned: the server cannot be asked to cancel and connectorx has no
+        # read timeout; fedlab shuts the fragment's socket down, so its thread returns
+        # within 2 s of the deadline
+        eventually(lambda: not fragment_threads(), within=2.0 - (time.monotonic() - t - 1.0))
+        assert proxy.mode == "blackhole"
+    eventually(lambda: not pg_sessions(pg_fast), within=3.0)  # statement_timeout held
 
 
 # --------------------------------------------------------------------------- limits
@@ -462,3 +465,34 @@ def test_stale_serves_the_cached_copy_with_its_age(pg_fast) -> None:
         assert "stale data" in res._repr_html_() and "STALE" in repr(res)
         with pytest.raises(SourceUnavailableError):
             fed.sql("SELECT x FROM fast WHERE x <= 11", on_error="stale")  # never cached
+
+
+# --------------------------------------------------------------------------- severing
+def test_sever_shuts_down_only_new_connections_to_the_target() -> None:
+    """``sever`` wakes a read blocked on a silent server, and leaves alone the connections
+    listed in ``keep`` and those to other endpoints."""
+    import socket
+
+    from fedlab.execute.cancel import own_sockets, sever
+
+    server = socket.create_server(("127.0.0.1", 0))
+    other = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    old = socket.create_connection(("127.0.0.1", port))
+    keep = set(own_sockets())
+    new = socket.create_connection(("127.0.0.1", port))
+    elsewhere = socket.create_connection(("127.0.0.1", other.getsockname()[1]))
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(new.recv(10)))
+    reader.start()
+    try:
+        time.sleep(0.1)
+        assert reader.is_alive()  # the server never answers
+        assert sever({("127.0.0.1", port)}, keep) == 1
+        reader.join(2)
+        assert not reader.is_alive() and got == [b""]  # the blocked read returned
+        for s in (old, elsewhere):  # untouched: still writable
+            s.sendall(b"x")
+    finally:
+        for s in (old, new, elsewhere, server, other):
+            s.close()

@@ -36,9 +36,13 @@ __all__ = [
     "FetchContext",
     "cancel_query",
     "cancel_sessions",
+    "endpoints",
     "new_query_id",
+    "own_sockets",
     "server_sessions",
     "session_tag",
+    "sever",
+    "socket_inodes",
     "tag_sql",
 ]
 
@@ -173,6 +177,8 @@ def cancel_query(
     *,
     grace: float = 1.0,
     interval: float = 0.2,
+    sever_after: float | None = None,
+    keep: set[int] | None = None,
 ) -> int:
     """Cancel every tagged session of ``query_id`` on ``sources`` until ``alive()`` is
     false (the fragment threads have returned) or ``grace`` seconds have passed; then
@@ -180,20 +186,157 @@ def cancel_query(
 
     Repeating the scan matters: a fragment whose statement had not reached the server at
     the first scan (still in its session setup) is caught by the next one.
+
+    ``sever_after``: if fragment threads are still alive that many seconds after the
+    cancel began (a server that does not answer cannot be asked to cancel), shut down
+    this process's connections to the servers opened since the query began (inodes not
+    in ``keep``, see :func:`sever`), so the blocked reads return.
     """
     prefix = f"fedlab-{query_id}-"
     servers = _servers(sources)
     if not servers:
         return 0
+    timer: threading.Timer | None = None
+    if sever_after is not None:
+        targets = endpoints(servers)
+        kept = set(keep or ())
+
+        def last_resort() -> None:
+            if alive():
+                sever(targets, kept)
+
+        timer = threading.Timer(sever_after, last_resort)
+        timer.name = f"fedlab-cancel-sever-{query_id}"
+        timer.daemon = True
+        timer.start()
     sent = 0
     end = time.monotonic() + grace
-    while True:
-        for s in servers:
-            sent += cancel_sessions(s, prefix)
-        if not alive() or time.monotonic() >= end:
-            break
-        time.sleep(interval)
-    if alive():
-        for s in servers:
-            sent += cancel_sessions(s, prefix, terminate=True)
+    try:
+        while True:
+            for s in servers:
+                sent += cancel_sessions(s, prefix)
+            if not alive() or time.monotonic() >= end:
+                break
+            time.sleep(interval)
+        if alive():
+            for s in servers:
+                sent += cancel_sessions(s, prefix, terminate=True)
+    finally:
+        if timer is not None and not alive():
+            timer.cancel()
     return sent
+
+
+# ---------------------------------------------------------------------- severing sockets
+def endpoints(sources: Iterable[Source]) -> set[tuple[str, int]]:
+    """The (ip, port) pairs the server sources' connections go to."""
+    import socket
+
+    out: set[tuple[str, int]] = set()
+    for s in sources:
+        if s.kind not in ("postgresql", "mysql") or not s.host or not s.port:
+            continue
+        try:
+            infos = socket.getaddrinfo(s.host, s.port, proto=socket.IPPROTO_TCP)
+        except OSError:
+            continue
+        for info in infos:
+            out.add((str(info[4][0]), int(s.port)))
+    return out
+
+
+def _proc_forms(ip: str, port: int) -> set[str]:
+    """How ``/proc/net/tcp*`` prints (ip, port): each 32-bit word of the address in host
+    (little-endian) byte order, in hex; an IPv4 address also as IPv4-mapped IPv6."""
+    import ipaddress
+
+    def words(raw: bytes) -> str:
+        return "".join(raw[i : i + 4][::-1].hex().upper() for i in range(0, len(raw), 4))
+
+    addr = ipaddress.ip_address(ip)
+    forms = {f"{words(addr.packed)}:{port:04X}"}
+    if addr.version == 4:
+        mapped = ipaddress.IPv6Address(f"::ffff:{ip}")
+        forms.add(f"{words(mapped.packed)}:{port:04X}")
+    return forms
+
+
+def own_sockets() -> dict[int, int]:
+    """This process's sockets: inode -> fd (Linux ``/proc/self/fd``; empty elsewhere).
+    Cheap (a directory listing): the executor takes it when a query starts, so that a
+    sever never touches a connection that existed before the query."""
+    import os
+
+    out: dict[int, int] = {}
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return out
+    for name in names:
+        try:
+            link = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out[int(link[8:-1])] = int(name)
+    return out
+
+
+def socket_inodes(targets: set[tuple[str, int]]) -> set[int]:
+    """Inodes of the TCP connections (any process) to one of ``targets`` (Linux
+    ``/proc/net/tcp*``; empty elsewhere)."""
+    found: set[int] = set()
+    if not targets:
+        return found
+    forms: set[str] = set()
+    for ip, port in targets:
+        try:
+            forms |= _proc_forms(ip, port)
+        except ValueError:
+            continue
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 10 and parts[2] in forms and parts[9] != "0":
+                        found.add(int(parts[9]))
+        except OSError:
+            continue
+    return found
+
+
+def sever(targets: set[tuple[str, int]], keep: set[int]) -> int:
+    """Shut down (``shutdown(SHUT_RDWR)``) this process's TCP connections to ``targets``
+    whose inode is not in ``keep``; returns how many.
+
+    The last resort for a fragment whose server stopped answering (a network partition):
+    connectorx has no cancel handle and no read timeout, and the server cannot be asked to
+    cancel, so its reader thread would block until the kernel gives up on the connection
+    (minutes). Shutting the socket down makes the blocked read return at once; the fd stays
+    open (owned by the driver, which closes it). Linux only (``/proc``); elsewhere 0.
+    """
+    import os
+    import socket
+
+    mine = {i: fd for i, fd in own_sockets().items() if i not in keep}
+    if not mine:
+        return 0
+    n = 0
+    for inode in socket_inodes(targets) & set(mine):
+        fd = mine[inode]
+        try:  # the fd may have been closed (and reused) since it was listed
+            if os.readlink(f"/proc/self/fd/{fd}") != f"socket:[{inode}]":
+                continue
+            s = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+            n += 1
+        except OSError:
+            pass
+        finally:
+            s.detach()  # the fd belongs to the driver
+    return n

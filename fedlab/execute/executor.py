@@ -37,7 +37,14 @@ from fedlab.errors import (
     QueryTimeoutError,
     UnsupportedSQLError,
 )
-from fedlab.execute.cancel import CURRENT, FetchContext, cancel_query, new_query_id, session_tag
+from fedlab.execute.cancel import (
+    CURRENT,
+    FetchContext,
+    cancel_query,
+    new_query_id,
+    own_sockets,
+    session_tag,
+)
 from fedlab.execute.fetch import Fetcher, FetchResult, check_limits, default_fetch, polars_dtype
 from fedlab.result import MissingFragment, Trace, TraceEntry
 from fedlab.sql.dialects import DIALECT
@@ -55,6 +62,9 @@ ON_ERROR = ("raise", "partial", "stale")
 #: seconds the executor waits, after cancelling, for fragment threads to return before it
 #: raises (the cancelling goes on in the background until they do)
 CANCEL_WAIT_S = 0.9
+#: seconds after a cancel began when the connections of fragments still blocked (a server
+#: that stopped answering) are shut down (fedlab.execute.cancel.sever)
+SEVER_AFTER_S = 1.0
 
 
 def union_branches(plan: Plan) -> set[str]:
@@ -130,6 +140,12 @@ def execute(
     t0 = time.monotonic() if t0 is None else t0
     deadline = t0 + timeout if timeout else None
     qid = new_query_id()
+    # the sockets that exist before this query: a sever (see stop) never touches them
+    keep = (
+        set(own_sockets())
+        if any(catalog.sources[f.source].kind in ("postgresql", "mysql") for f in plan.fragments)
+        else set()
+    )
     trace = Trace(query_id=qid)
     frames: dict[str, pl.DataFrame] = {}
     cancelled = threading.Event()
@@ -281,7 +297,7 @@ def execute(
         canceller = threading.Thread(
             target=cancel_query,
             args=(qid, list(sources.values()), is_alive),
-            kwargs={"grace": 2.0},
+            kwargs={"grace": 2.0, "sever_after": SEVER_AFTER_S, "keep": keep},
             name=f"fedlab-cancel-{qid}",
             daemon=True,
         )
