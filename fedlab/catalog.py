@@ -338,6 +338,10 @@ def _quote(name: str, kind: str) -> str:
 
 def introspect(source: Source) -> list[TableInfo]:
     """Read tables, columns, keys and statistics of one source."""
+    if source.kind == "rest":  # a JSON endpoint: _meta, a declared schema or the first page
+        from fedlab.rest import introspect_rest
+
+        return introspect_rest(source)
     con = source.connect()
     try:
         tables = _INTROSPECT[source.kind](con)

@@ -23,6 +23,7 @@ The tree::
     │   └── TenantError             a tenant's query reads another tenant's source
     ├── ExecutionError              a fragment or the residual failed
     │   ├── FragmentError           names the source and the fragment
+    │   │   └── RestHTTPError       a REST source answered with an HTTP error status (fedlab.rest)
     │   ├── QueryTimeoutError
     │   ├── LimitExceededError      a fragment or result over max_rows / max_bytes
     │   └── QueryCancelledError     stopped by the user (KeyboardInterrupt)
@@ -282,6 +283,29 @@ class CircuitOpenError(SourceUnavailableError):
 
 
 __all__ += ["CircuitOpenError"]
+
+
+class RestHTTPError(FragmentError):
+    """A REST source (:mod:`fedlab.rest`) answered a request with an HTTP error status.
+
+    The message names the source, the fragment, the status and the URL (tokens
+    redacted). 408, 429, 502, 503 and 504 are transient (retried when retries are on,
+    counted by the circuit breaker); other statuses (400, 401, 403, 404, 500…) are not.
+
+    Attributes:
+        http_status: the HTTP status code.
+        url: the URL requested (redacted).
+    """
+
+    def __init__(
+        self, message: str, *, source: str = "", sql: str = "", http_status: int = 0, url: str = ""
+    ) -> None:
+        super().__init__(message, source=source, sql=sql)
+        self.http_status = http_status
+        self.url = url
+
+
+__all__ += ["RestHTTPError"]
 
 
 class TransactionError(FedlabError):

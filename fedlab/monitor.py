@@ -391,6 +391,7 @@ _VERSION_SQL = {
     "mysql": "SELECT VERSION()",
     "sqlite": "SELECT sqlite_version()",
     "duckdb": "SELECT version()",
+    "rest": "SELECT version()",  # answered from the probe's GET (fedlab.rest.RestConnection)
 }
 
 

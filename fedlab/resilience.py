@@ -162,6 +162,9 @@ _POOL_GAVE_UP = re.compile(r"timed out waiting for connection", re.IGNORECASE)
 _PG_TRANSIENT_STATES = {"40P01", "40001", "57P01", "57P02", "57P03"}
 #: MariaDB / MySQL error numbers: deadlock, server gone away, lost connection, can't connect
 _MY_TRANSIENT_CODES = {1213, 2002, 2003, 2006, 2013}
+#: HTTP statuses of a REST source that may go away (timeout, too many requests, bad
+#: gateway, unavailable, gateway timeout); every other 4xx / 5xx is permanent
+_HTTP_TRANSIENT = frozenset({408, 429, 502, 503, 504})
 #: fedlab errors that are never transient
 _NEVER = (
     QueryTimeoutError,
@@ -183,6 +186,9 @@ def _text(exc: BaseException) -> str:
 
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` may go away if the same fetch is tried again (so it is retried).
+
+    A REST source's HTTP status decides alone: 408, 429, 502, 503, 504 are transient,
+    other 4xx / 5xx are not (:class:`~fedlab.errors.RestHTTPError`).
 
     Yes: connection refused / reset / aborted, server gone away or lost (MariaDB 2006,
     2013), deadlock (PostgreSQL 40P01, MariaDB 1213), serialization failure (40001), and a
@@ -206,6 +212,9 @@ def is_transient(exc: BaseException) -> bool:
     """
     if not isinstance(exc, Exception) or isinstance(exc, _NEVER):
         return False
+    status = getattr(exc, "http_status", None)  # a REST source's answer (fedlab.rest)
+    if isinstance(status, int) and status > 0:
+        return status in _HTTP_TRANSIENT
     text = _text(exc)
     if _PERMANENT.search(text) or _POOL_GAVE_UP.search(text):
         return False

@@ -34,6 +34,9 @@ KINDS: dict[str, tuple[str, str]] = {
     "mysql": ("mysql", "mysql"),
     "mariadb": ("mysql", "mysql"),
     "duckdb": ("duckdb", "duckdb"),
+    # a JSON endpoint as a table (fedlab.rest): planned as DuckDB, run locally over its rows
+    "http": ("rest", "duckdb"),
+    "https": ("rest", "duckdb"),
 }
 
 #: TLS settings read from a URL's query string, per kind (passed to every connection)
@@ -91,6 +94,10 @@ class Source:
     #: TLS settings from the URL's query (``sslmode``, ``sslrootcert``; ``ssl_ca``…)
     tls_options: dict[str, str] = field(default_factory=dict)
     _password: str | None = field(default=None, repr=False)
+    #: REST sources (``kind="rest"``): the endpoint URL (may hold secrets: never print it)
+    endpoint: str | None = field(default=None, repr=False)
+    #: REST sources: options, resolved schema and counters (:class:`fedlab.rest.RestState`)
+    rest: Any = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -103,7 +110,12 @@ class Source:
         base_dir: str | Path | None = None,
         **options: Any,
     ) -> Source:
-        """Parse ``url`` into a Source; relative file paths resolve from ``base_dir`` (cwd)."""
+        """Parse ``url`` into a Source; relative file paths resolve from ``base_dir`` (cwd).
+
+        ``kind="rest"`` (implied by ``http://`` / ``https://``) makes a JSON endpoint a
+        table, with the options of :mod:`fedlab.rest` (``schema``, ``filters``,
+        ``headers``, ``pagination``…).
+        """
         if not _NAME.match(name or ""):
             raise ConfigError(
                 f"source name {name!r} is not a valid identifier "
@@ -111,16 +123,32 @@ class Source:
             )
         if not isinstance(url, str) or "://" not in url:
             raise ConfigError(
-                f"source {name!r}: {url!r} is not a database URL "
-                "(expected sqlite:///path, postgresql://…, mysql://…, mariadb://… or duckdb:///path)"
+                f"source {name!r}: {redact(str(url))!r} is not a database URL "
+                "(expected sqlite:///path, postgresql://…, mysql://…, mariadb://…, "
+                "duckdb:///path, or http(s)://… with kind='rest')"
             )
         scheme = url.split("://", 1)[0].lower().split("+", 1)[0]
+        wanted = options.pop("kind", None)
+        if wanted is not None and wanted != KINDS.get(scheme, (None,))[0]:
+            if wanted == "rest":
+                raise ConfigError(
+                    f"source {name!r}: kind='rest' needs an http:// or https:// URL, "
+                    f"got a {scheme}:// URL"
+                )
+            raise ConfigError(
+                f"source {name!r}: kind={wanted!r} does not match the URL scheme {scheme!r} "
+                f"(kinds: {', '.join(sorted({k for k, _ in KINDS.values()}))})"
+            )
         if scheme not in KINDS:
             raise ConfigError(
                 f"source {name!r}: unsupported URL scheme {scheme!r} "
                 f"(supported: {', '.join(sorted(KINDS))})"
             )
         kind, dialect = KINDS[scheme]
+        if kind == "rest":
+            from fedlab.rest import rest_source
+
+            return rest_source(name, url, tags=tags, options=options)
         known = {f for f in SourceOptions.__dataclass_fields__}
         unknown = set(options) - known
         if unknown:
@@ -197,6 +225,10 @@ class Source:
         return self._url(redacted=True)
 
     def _url(self, *, redacted: bool, extra: dict[str, str] | None = None) -> str:
+        if self.kind == "rest":
+            from fedlab.rest import _redact_endpoint
+
+            return _redact_endpoint(self.endpoint or "") if redacted else self.endpoint or ""
         if self.path is not None:  # SQLAlchemy style: sqlite:////abs/path
             return f"{self.kind}:///{self.path}"
         auth = self.user or ""
@@ -270,6 +302,8 @@ class Source:
         ``none``. File paths are shown by name only; secrets never."""
         if self.path is not None:
             return "local file"
+        if self.kind == "rest" and (self.endpoint or "").lower().startswith("https://"):
+            return "verified (https)"
         t = self.tls_options
         ca = t.get("sslrootcert") or t.get("ssl_ca")
         ca_text = f", CA {Path(ca).name}" if ca else ""
@@ -332,6 +366,10 @@ class Source:
         """Open a DB-API connection (read-only by default) with the URL's TLS settings;
         raise SourceUnavailableError fast."""
         timeout = self.options.connect_timeout
+        if self.kind == "rest":  # HTTP has no session: a GET proves the service answers
+            from fedlab.rest import RestConnection
+
+            return RestConnection(self)
         try:
             if self.kind == "sqlite":
                 mode = "ro" if read_only else "rw"

@@ -11,6 +11,7 @@ Readers:
 * SQLite: the standard library, opened ``mode=ro``, with a progress handler that stops a
   fragment at its deadline (connectorx cannot open SQLite read-only);
 * DuckDB: its own package (connectorx cannot read DuckDB), opened read-only, Arrow out;
+* REST (:mod:`fedlab.rest`): httpx pages of JSON, the fragment run by DuckDB over them;
 * fallback: SQLAlchemy, when connectorx cannot map a column type.
 
 A fragment marked for a partitioned read (``Fragment.partition``, set by
@@ -434,7 +435,16 @@ def _read_sqlalchemy(fragment: Fragment, source: Source, deadline: float | None)
     return FetchResult(df, df.to_arrow().nbytes if df.width else 0, "sqlalchemy")
 
 
+def _read_rest(fragment: Fragment, source: Source, deadline: float | None) -> FetchResult:
+    """REST sources: the endpoint's pages over HTTP, the fragment run by DuckDB over them
+    (:func:`fedlab.rest.read_fragment`)."""
+    from fedlab.rest import read_fragment
+
+    return read_fragment(fragment, source, deadline)
+
+
 _READERS = {
+    "rest": _read_rest,
     "sqlite": _read_sqlite,
     "duckdb": _read_duckdb,
     "postgresql": _read_connectorx,
@@ -491,7 +501,13 @@ def default_fetch(fragment: Fragment, source: Source, deadline: float | None = N
                 raise RuntimeError(str(e)) from None
             else:
                 raise
-    except (SourceUnavailableError, QueryTimeoutError, QueryCancelledError, LimitExceededError):
+    except (
+        SourceUnavailableError,
+        QueryTimeoutError,
+        QueryCancelledError,
+        LimitExceededError,
+        FragmentError,  # already names the source and the fragment (REST: with its status)
+    ):
         raise
     except Exception as e:
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -22,6 +22,7 @@ MariaDB /      integer ``/`` integer as ``DIV``; decimal division exact to 30 di
 SQLite LIKE    ``GLOB`` with the pattern translated; ILIKE, UPPER/LOWER (ASCII only): local
 SQLite dates   ISO text: DATE literals compare as text; EXTRACT, INTERVAL, date casts: local
 DuckDB /       integer ``/`` integer as ``//``
+REST           as DuckDB (the fragment runs in DuckDB over the fetched rows, see fedlab.rest)
 =============  ===========================================================================
 """
 
@@ -29,10 +30,24 @@ from __future__ import annotations
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.duckdb import DuckDB
 
 __all__ = ["blocker", "like_to_glob", "safe_mysql_text", "safe_sqlite_like", "to_source_sql"]
 
-DIALECT = {"sqlite": "sqlite", "postgresql": "postgres", "mysql": "mysql", "duckdb": "duckdb"}
+DIALECT = {
+    "sqlite": "sqlite",
+    "postgresql": "postgres",
+    "mysql": "mysql",
+    "duckdb": "duckdb",
+    # REST sources (fedlab.rest): the fragment runs in DuckDB over the fetched rows
+    "rest": "duckdb",
+}
+
+
+class Rest(DuckDB):
+    """sqlglot dialect ``rest``: DuckDB's, so that code reading a fragment's SQL in the
+    dialect named by its kind (``read=fragment.kind``) parses REST fragments too."""
+
 
 _BINARY = exp.DataType.build("BINARY")
 
@@ -116,7 +131,7 @@ def _node_blocker(e: exp.Expression, kind: str) -> str | None:
         return f"{_name(e)} is not deterministic across databases"
     if isinstance(e, exp.Lateral | exp.Unnest | exp.Pivot):
         return f"{e.key.upper()} is not pushed to {kind}"
-    if kind == "duckdb":
+    if kind in ("duckdb", "rest"):
         return None
     if isinstance(e, exp.Stddev | exp.StddevPop | exp.StddevSamp | exp.Variance | exp.VariancePop):
         return f"{_name(e)} differs in {kind}"
@@ -467,7 +482,7 @@ def to_source_sql(tree: exp.Expression, kind: str, *, pretty: bool = False) -> s
         tree = safe_mysql_text(_sort_groups_outside(tree))
     elif kind == "sqlite":
         tree = safe_sqlite(safe_sqlite_like(tree))
-    elif kind == "duckdb":
+    elif kind in ("duckdb", "rest"):
         tree = safe_duckdb_like(tree)
     elif kind == "postgresql":
         tree = tree.transform(_native_int_div, copy=False)

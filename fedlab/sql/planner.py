@@ -705,9 +705,12 @@ class _Planner:
             e_r, e_p = est.get(recv.id, 1), est.get(prov.id, 1)
             after = self._reduced(recv, r_col, prov, p_col, e_r, e_p)
             if self.strategy == "auto":
+                rest_keys = self._rest_param(recv, r_col)
+                if rest_keys is False:
+                    continue  # a REST column that is no query parameter: nothing saved
                 if not (
-                    e_r >= AUTO_MIN_RECEIVER_ROWS
-                    and e_p <= AUTO_MAX_KEYS
+                    (e_r >= AUTO_MIN_RECEIVER_ROWS or rest_keys)
+                    and e_p <= (rest_keys or AUTO_MAX_KEYS)
                     and e_p <= AUTO_MAX_RATIO * e_r
                     and after <= AUTO_MAX_RATIO * e_r
                 ):
@@ -722,6 +725,20 @@ class _Planner:
                     f"semi-join: {prov.id} @ {prov.source} is read first; its keys "
                     f"{p_col} are shipped into {recv.id} @ {recv.source} ({r_col} IN …)"
                 )
+
+    def _rest_param(self, recv: Fragment, r_col: str) -> int | bool | None:
+        """For a REST receiver (:mod:`fedlab.rest`): the most keys its endpoint takes as
+        a query parameter on ``r_col`` (``max_in``), or False when ``r_col`` is no filter
+        parameter; None for other sources. Keys sent as a parameter save whole pages of
+        HTTP, so ``auto`` ships them however small the receiver."""
+        src = self.catalog.sources[recv.source]
+        state = getattr(src, "rest", None)
+        if src.kind != "rest" or state is None:
+            return None
+        origin = self.origin.get(recv.id, {}).get(r_col)
+        if origin is None or origin[1] not in state.filters:
+            return False
+        return int(state.options.max_in)
 
     def _frames(self, select: exp.Select) -> dict[str, exp.Table]:
         """alias -> the residual's frame node, for the fragment frames in FROM / JOIN."""
