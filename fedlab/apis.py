@@ -55,7 +55,7 @@ from urllib.parse import urlencode
 import polars as pl
 
 from fedlab.errors import ConfigError, FedlabError, SourceUnavailableError
-from fedlab.security import redact
+from fedlab.security import redact, register_secret
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -110,6 +110,8 @@ class TableService:
         page_size: rows per page when ``per_page`` / ``limit`` is not given.
         max_page_size: the largest page a client may ask for.
         delay: seconds every request waits first (a slower, farther service).
+        token: when set, every request must carry ``Authorization: Bearer <token>``
+            (else HTTP 401).
     """
 
     name: str
@@ -119,6 +121,7 @@ class TableService:
     page_size: int = 100
     max_page_size: int = 1000
     delay: float = 0.0
+    token: str | None = field(default=None, repr=False)
     columns: list[tuple[str, str]] = field(default_factory=list)
     primary_key: list[str] = field(default_factory=list)
     #: every request: path, query, status, body bytes, ms (newest last)
@@ -256,7 +259,9 @@ def _logged(service: TableService, handler: Callable) -> Callable:
         if service.delay:
             await asyncio.sleep(service.delay)
         status = service.take_failure()
-        if status is not None:
+        if service.token and request.headers.get("authorization") != f"Bearer {service.token}":
+            response = _json_response({"detail": "missing or wrong bearer token"}, 401)
+        elif status is not None:
             response = _json_response({"detail": f"injected failure ({status})"}, status)
         else:
             try:
@@ -522,11 +527,11 @@ def gateway_user_orders(
     )
 
 
-def gateway_app(users: str, orders: str) -> Any:
+def gateway_app(users: str, orders: str, headers: Mapping[str, str] | None = None) -> Any:
     """The seed's API gateway as a service: ``GET /api/users/{id}/orders`` calls the user
     API, then the order API (every page), and answers ``{"user", "orders", "gateway"}``
     where ``gateway`` says what it cost (calls, bytes, ms). ``users`` / ``orders``: the
-    collections' URLs."""
+    collections' URLs; ``headers`` go with every call (a token, say)."""
     import httpx
     from starlette.applications import Starlette
     from starlette.routing import Route
@@ -535,7 +540,9 @@ def gateway_app(users: str, orders: str) -> Any:
         t0 = time.perf_counter()
         uid = request.path_params["uid"]
         calls, nbytes = 0, 0
-        async with httpx.AsyncClient(timeout=10.0, trust_env=False) as client:
+        async with httpx.AsyncClient(
+            timeout=10.0, trust_env=False, headers=dict(headers or {})
+        ) as client:
             r = await client.get(f"{users.rstrip('/')}/{uid}")
             calls, nbytes = calls + 1, nbytes + int(r.num_bytes_downloaded)
             if r.status_code != 200:
@@ -647,7 +654,9 @@ class DemoAPIs:
             except BaseException as e:  # reported by start()
                 self._error = e
 
-        self._thread = threading.Thread(target=run, name="fedlab-demo-apis", daemon=True)
+        self._thread = threading.Thread(
+            target=run, name=f"fedlab-demo-apis-{min(self.ports.values())}", daemon=True
+        )
         self._thread.start()
         end = time.monotonic() + timeout
         while not all(srv.started for srv, _ in self._servers):
@@ -757,14 +766,16 @@ def serve_demo_apis(
     delay: float = 0.0,
     gateway: bool = True,
     services: Sequence[str] = tuple(SERVICES),
+    token: str | None = None,
 ) -> DemoAPIs:
     """Start the demo's services (and the gateway) on ``host``; return them running.
 
     ``port``: 0 (default) picks free ports; otherwise users on ``port``, orders on
     ``port + 1``, products on ``port + 2``, the gateway on ``port + 3``. The demo's SQLite
     files are built first when missing (``demo_dir``: :func:`fedlab.demo.default_dir`).
-    ``delay``: seconds each data request waits (a farther service). Use as a context
-    manager, or call ``close()``.
+    ``delay``: seconds each data request waits (a farther service); ``token``: require
+    ``Authorization: Bearer <token>`` on every data request (the gateway sends it). Use as
+    a context manager, or call ``close()``.
     """
     from fedlab import demo
 
@@ -784,12 +795,16 @@ def serve_demo_apis(
             page_size=page_size,
             max_page_size=max_page_size,
             delay=delay,
+            token=token,
         )
+    if token:
+        register_secret(token)
     for name, svc in tables.items():
         extra = [_user_orders_route(svc)] if name == "orders" else []
         apps[name] = table_app(svc, extra)
     if gateway and "users" in tables and "orders" in tables:
-        apps["gateway"] = lambda urls: gateway_app(urls["users"], urls["orders"])
+        auth = {"Authorization": f"Bearer {token}"} if token else None
+        apps["gateway"] = lambda urls: gateway_app(urls["users"], urls["orders"], auth)
     order = ["users", "orders", "products", "gateway"]
     ports = {n: (port + order.index(n) if port else 0) for n in apps}
     return DemoAPIs(tables, apps, host, ports).start()
@@ -858,6 +873,7 @@ def compare_gateway(
     orders: str = "orders_api",
     strategies: Sequence[str] = ("naive", "auto"),
     gateway: str | None = None,
+    repeat: int = 1,
 ) -> GatewayComparison:
     """Answer the seed's ``GET /api/users/{user_id}/orders`` three ways and compare them.
 
@@ -870,6 +886,8 @@ def compare_gateway(
       id as a query parameter).
 
     Every answer is checked against the hand-written flow's by the equality rule.
+    ``repeat``: run each approach that many times and report the median latency (the
+    first run of a session pays for imports and connections).
     """
     import httpx
 
@@ -884,64 +902,67 @@ def compare_gateway(
                 f"(attached: {', '.join(sorted(fed.catalog.sources)) or 'none'})"
             )
         srcs[role] = src
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise ConfigError(f"compare_gateway: repeat must be a whole number >= 1, not {repeat!r}")
+    headers = _headers_of(srcs["users"]) | _headers_of(srcs["orders"])
+    sql = GATEWAY_SQL.format(users=users, orders=orders)
+
+    def by_hand() -> tuple[pl.DataFrame, int, int, float, Any]:
+        got = gateway_user_orders(
+            srcs["users"].endpoint, srcs["orders"].endpoint, user_id, headers=headers
+        )
+        return got.df, got.calls, got.bytes, got.latency_s, got
+
+    def service() -> tuple[pl.DataFrame, int, int, float, Any]:
+        t0 = time.perf_counter()
+        with httpx.Client(timeout=10.0, trust_env=False) as client:
+            r = client.get(f"{str(gateway).rstrip('/')}/api/users/{user_id}/orders")
+        elapsed = time.perf_counter() - t0
+        body = r.json() if r.status_code == 200 else {}
+        behind = body.get("gateway", {})
+        got = GatewayResult(
+            body.get("user"),
+            body.get("orders", []),
+            calls=1 + int(behind.get("calls", 0)),
+            bytes=int(r.num_bytes_downloaded) + int(behind.get("bytes", 0)),
+            latency_s=elapsed,
+        )
+        return got.df, got.calls, got.bytes, elapsed, got
+
+    def federated(strategy: str) -> Callable[[], tuple[pl.DataFrame, int, int, float, Any]]:
+        def run() -> tuple[pl.DataFrame, int, int, float, Any]:
+            before = [s.rest.counters() for s in srcs.values()]
+            res = fed.sql(sql, {"user_id": user_id}, strategy=strategy)
+            after = [s.rest.counters() for s in srcs.values()]
+            calls = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
+            return res.df, calls, int(res.trace.bytes), res.trace.total_s, res
+
+        return run
+
+    approaches: dict[str, Callable[[], tuple[pl.DataFrame, int, int, float, Any]]] = {
+        "gateway (by hand)": by_hand
+    }
+    if gateway is not None:
+        approaches["gateway service"] = service
+    for strategy in strategies:
+        approaches[f"fedlab SQL ({strategy})"] = federated(strategy)
     rows: list[dict[str, Any]] = []
     answers: dict[str, pl.DataFrame] = {}
     results: dict[str, Any] = {}
-    hand = gateway_user_orders(
-        srcs["users"].endpoint,
-        srcs["orders"].endpoint,
-        user_id,
-        headers=_headers_of(srcs["users"]) | _headers_of(srcs["orders"]),
-    )
-    answers["gateway (by hand)"] = hand.df
-    rows.append(
-        {
-            "approach": "gateway (by hand)",
-            "calls": hand.calls,
-            "bytes": hand.bytes,
-            "latency_ms": hand.latency_s * 1000,
-            "rows": hand.df.height,
-        }
-    )
-    if gateway is not None:
-        t0 = time.perf_counter()
-        with httpx.Client(timeout=10.0, trust_env=False) as client:
-            r = client.get(f"{gateway.rstrip('/')}/api/users/{user_id}/orders")
-        ms = (time.perf_counter() - t0) * 1000
-        body = r.json() if r.status_code in (200, 404) else {}
-        behind = body.get("gateway", {}) if isinstance(body, dict) else {}
-        result = GatewayResult(
-            body.get("user") if r.status_code == 200 else None,
-            body.get("orders", []) if r.status_code == 200 else [],
-            calls=1,
-            bytes=int(r.num_bytes_downloaded),
-            latency_s=ms / 1000,
-        )
-        answers["gateway service"] = result.df
-        rows.append(
-            {
-                "approach": "gateway service",
-                "calls": 1 + int(behind.get("calls", 0)),
-                "bytes": int(r.num_bytes_downloaded) + int(behind.get("bytes", 0)),
-                "latency_ms": ms,
-                "rows": result.df.height,
-            }
-        )
-    sql = GATEWAY_SQL.format(users=users, orders=orders)
-    for strategy in strategies:
-        before = [s.rest.counters() for s in srcs.values()]
-        res = fed.sql(sql, {"user_id": user_id}, strategy=strategy)
-        after = [s.rest.counters() for s in srcs.values()]
-        name = f"fedlab SQL ({strategy})"
-        results[strategy] = res
-        answers[name] = res.df
+    for name, run in approaches.items():
+        runs = [run() for _ in range(repeat)]
+        df, calls, nbytes, _, extra = runs[-1]
+        latencies = sorted(r[3] for r in runs)
+        answers[name] = df
+        if name.startswith("fedlab SQL"):
+            results[name[len("fedlab SQL (") : -1]] = extra
         rows.append(
             {
                 "approach": name,
-                "calls": sum(a[0] - b[0] for a, b in zip(after, before, strict=True)),
-                "bytes": int(res.trace.bytes),
-                "latency_ms": res.trace.total_s * 1000,
-                "rows": res.df.height,
+                "calls": calls,
+                "bytes": nbytes,
+                "latency_ms": latencies[len(latencies) // 2] * 1000,
+                "rows": df.height,
             }
         )
     reference = answers["gateway (by hand)"]

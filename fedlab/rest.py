@@ -417,7 +417,8 @@ def _get(
     )
     timeout = httpx.Timeout(connect=connect, read=read, write=read, pool=read)
     try:
-        response = client.get(url, params=list(params), timeout=timeout)
+        # no params: None, so that a next link keeps its own query string
+        response = client.get(url, params=list(params) or None, timeout=timeout)
         body = response.content
     except httpx.ConnectTimeout:
         raise SourceUnavailableError(
