@@ -472,7 +472,7 @@ def gateway_user_orders(
     """
     import httpx
 
-    from fedlab.rest import quote_path
+    from fedlab.rest import quote_path, ssl_context
 
     log: list[tuple[str, int, int, float]] = []
     t0 = time.perf_counter()
@@ -502,7 +502,9 @@ def gateway_user_orders(
 
     user: dict[str, Any] | None = None
     got: list[dict[str, Any]] = []
-    with httpx.Client(headers=dict(headers or {}), timeout=timeout, trust_env=False) as client:
+    with httpx.Client(
+        headers=dict(headers or {}), timeout=timeout, trust_env=False, verify=ssl_context()
+    ) as client:
         r = get(client, f"{users.rstrip('/')}/{quote_path(user_id)}")
         if r.status_code != 404:
             user = r.json()
@@ -536,12 +538,14 @@ def gateway_app(users: str, orders: str, headers: Mapping[str, str] | None = Non
     from starlette.applications import Starlette
     from starlette.routing import Route
 
+    from fedlab.rest import ssl_context
+
     async def user_orders(request: Any) -> Any:
         t0 = time.perf_counter()
         uid = request.path_params["uid"]
         calls, nbytes = 0, 0
         async with httpx.AsyncClient(
-            timeout=10.0, trust_env=False, headers=dict(headers or {})
+            timeout=10.0, trust_env=False, headers=dict(headers or {}), verify=ssl_context()
         ) as client:
             r = await client.get(f"{users.rstrip('/')}/{uid}")
             calls, nbytes = calls + 1, nbytes + int(r.num_bytes_downloaded)
@@ -606,8 +610,13 @@ class DemoAPIs:
 
         try:
             for name in self._apps:
+                # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only
+                # for such sockets; with proto 0, Nagle + delayed ACK cost ~40 ms per
+                # request on a kept-alive connection
                 sock = socket.socket(
-                    socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM
+                    socket.AF_INET6 if ":" in self.host else socket.AF_INET,
+                    socket.SOCK_STREAM,
+                    socket.IPPROTO_TCP,
                 )
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
@@ -891,6 +900,7 @@ def compare_gateway(
     """
     import httpx
 
+    from fedlab.rest import ssl_context
     from fedlab.testing import same_result
 
     srcs = {}
@@ -915,7 +925,7 @@ def compare_gateway(
 
     def service() -> tuple[pl.DataFrame, int, int, float, Any]:
         t0 = time.perf_counter()
-        with httpx.Client(timeout=10.0, trust_env=False) as client:
+        with httpx.Client(timeout=10.0, trust_env=False, verify=ssl_context()) as client:
             r = client.get(f"{str(gateway).rstrip('/')}/api/users/{user_id}/orders")
         elapsed = time.perf_counter() - t0
         body = r.json() if r.status_code == 200 else {}
