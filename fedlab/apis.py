@@ -842,6 +842,7 @@ class GatewayComparison:
     def plot(self, *, figsize: tuple[float, float] = (11, 3.2)) -> Figure:
         """Three bar charts: calls made, bytes moved, latency."""
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, MaxNLocator
 
         fig, axes = plt.subplots(1, 3, figsize=figsize)
         names = self.table["approach"].to_list()
@@ -858,6 +859,11 @@ class GatewayComparison:
             for i, v in enumerate(values):
                 ax.text(v, i, f" {v:,.0f}", va="center", fontsize=8)
             ax.margins(x=0.25)
+            ax.xaxis.set_major_locator(MaxNLocator(4))
+            if col == "bytes":
+                ax.xaxis.set_major_formatter(
+                    FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v >= 1000 else f"{v:g}")
+                )
         for ax in axes[1:]:
             ax.set_yticklabels([])
         fig.suptitle(f"GET /api/users/{self.user_id}/orders: the gateway vs one SQL query")

@@ -1087,7 +1087,21 @@ class RestConnection:
         return self
 
     def execute(self, sql: str, params: Any = None) -> RestConnection:
-        self._row = (self.version,) if "version" in sql.lower() else (1,)
+        """Answer the health probe (``SELECT 1``, ``SELECT version()``); any other SQL is
+        refused: a REST service runs no SQL (fedlab runs a fragment over its rows), so no
+        check that needs the source to compute something (a residency rule's group-size
+        count, say) can be answered here."""
+        text = " ".join(sql.lower().split())
+        if text == "select 1":
+            self._row = (1,)
+        elif text == "select version()":
+            self._row = (self.version,)
+        else:
+            raise SourceError(
+                f"source {self.source.name!r} is a REST service: it runs no SQL (fedlab runs "
+                "each fragment over the rows it fetches), so it cannot answer "
+                f"{' '.join(sql.split())[:80]!r}"
+            )
         return self
 
     def fetchall(self) -> list[tuple[Any, ...]]:

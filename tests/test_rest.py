@@ -467,6 +467,11 @@ def test_health_ping_and_explain(fresh) -> None:
         "fedlab demo orders"
     )
     assert fed.catalog.sources["users_api"].ping() < 2
+    # the health probe's connection answers SELECT 1 and nothing else: a REST service
+    # runs no SQL (a residency group-size check cannot be faked)
+    con = fed.catalog.sources["users_api"].connect()
+    with pytest.raises(fl.SourceError, match="runs no SQL"):
+        con.cursor().execute("SELECT count(*) FROM users")
     plan = fed.explain("SELECT name FROM users WHERE id = 3")
     assert "(rest)" in str(plan) and '"users"."id" = 3' in str(plan)
 
