@@ -93,6 +93,7 @@ from sqlglot import exp
 from fedlab.errors import (
     ConfigError,
     FragmentError,
+    LimitExceededError,
     QueryCancelledError,
     QueryTimeoutError,
     RestHTTPError,
@@ -549,8 +550,10 @@ def _fetch_all(
     budget: _Budget,
     what: str,
     cancelled: threading.Event | None = None,
+    max_bytes: int | None = None,
 ) -> _Fetched:
-    """Every page of the endpoint for ``params``."""
+    """Every page of the endpoint for ``params``; stops with a
+    :class:`~fedlab.errors.LimitExceededError` once more than ``max_bytes`` arrived."""
     state = _state(source)
     base = _base(source)
     fixed = _url_params(source) + list(params)
@@ -571,6 +574,16 @@ def _fetch_all(
         response, _ = _get(client, source, url, p, budget, what)
         out.requests += 1
         out.nbytes += int(response.num_bytes_downloaded)
+        if max_bytes is not None and out.nbytes > max_bytes:
+            raise LimitExceededError(
+                f"{what} on source {source.name} returned more than max_bytes={max_bytes:,} "
+                f"bytes (the read stopped at {out.nbytes:,} bytes, {out.requests} request(s)); "
+                "add a filter on a declared parameter, or raise the limit "
+                "(fed.sql(..., max_bytes=…) or Federation(max_bytes=…))",
+                fragment=what.removeprefix("fragment "),
+                source=source.name,
+                limit="max_bytes",
+            )
         rows, nxt, has_next = _rows_of(_json(response, source, url, what), source, url, what)
         out.rows.extend(rows)
         return rows, nxt, has_next, response
@@ -1025,7 +1038,8 @@ def read_fragment(fragment: Any, source: Any, deadline: float | None = None) -> 
     fetched = _Fetched()
     with _client(source) as client:
         for run in runs:
-            got = _fetch_all(client, source, run, budget, what, ctx.cancelled)
+            left = None if ctx.max_bytes is None else ctx.max_bytes - fetched.nbytes
+            got = _fetch_all(client, source, run, budget, what, ctx.cancelled, left)
             fetched.rows.extend(got.rows)
             fetched.requests += got.requests
             fetched.nbytes += got.nbytes

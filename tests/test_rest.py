@@ -191,6 +191,17 @@ def test_filter_pushdown_sends_params_and_moves_fewer_bytes(fresh, oracle_db) ->
     assert cmp.table["same_result"].all()
 
 
+def test_max_bytes_stops_the_paging(fresh) -> None:
+    fed = fl.Federation()
+    fresh.attach(fed, page_size=50)
+    fresh.reset_log()
+    with pytest.raises(fl.LimitExceededError, match=r"orders_api.*max_bytes=20,000") as err:
+        fed.sql("SELECT id FROM orders", max_bytes=20_000)
+    assert err.value.limit == "max_bytes" and err.value.source == "orders_api"
+    assert len(fresh.requests("orders")) < 5  # 12 pages in all: it stopped early
+    assert fed.sql("SELECT id FROM orders WHERE user_id = 3", max_bytes=20_000).df.height
+
+
 def test_filters_on_undeclared_columns_stay_local(fresh, oracle_db) -> None:
     fed = fresh.federation()
     fresh.reset_log()
