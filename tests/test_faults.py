@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import _thread
 import dataclasses
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from fedlab.errors import (
     SourceUnavailableError,
 )
 from fedlab.execute.executor import union_branches
+from fedlab.execute.fetch import STREAM_BATCH_ROWS
 from fedlab.load import write_tables
 from fedlab.source import Source
 from tests.faultproxy import FaultProxy
@@ -337,6 +339,64 @@ def test_fragment_row_limit_stops_the_fetch(lite, my_fast) -> None:
     with pytest.raises(LimitExceededError, match="source my "):
         fed.sql("SELECT y FROM rows10")
     assert fed.sql("SELECT y FROM rows10", max_rows=10).df.height == 10  # per query
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_byte_limit_stops_a_server_read_midway(kind, pg_fast, my_fast) -> None:
+    """A fragment over ``max_bytes`` is stopped while it streams (checked per Arrow
+    batch), not after the whole read: of a 3-million-row result (~120 MB in Arrow) the
+    read holds at most a batch past the limit when it stops, and the server statement is
+    cancelled."""
+    url = pg_fast if kind == "postgresql" else my_fast
+    # attach while `trickle` is an empty table (attaching counts the rows of every table),
+    # then make it a slow view with the same columns
+    if kind == "postgresql":
+        with pg_admin(url) as c:
+            c.execute("DROP VIEW IF EXISTS trickle")
+            c.execute("CREATE TABLE trickle (id bigint, h text)")
+    else:
+        con = my_admin(url)
+        with con.cursor() as cur:
+            cur.execute("DROP VIEW IF EXISTS trickle")
+            cur.execute("CREATE TABLE trickle (id bigint, h text)")
+        con.close()
+    fed = fl.Federation()
+    fed.attach("src", url)
+    if kind == "postgresql":
+        with pg_admin(url) as c:
+            c.execute("DROP TABLE trickle")
+            c.execute(
+                "CREATE VIEW trickle AS SELECT g::bigint AS id, md5(g::text) AS h "
+                "FROM generate_series(1, 3000000) g"
+            )
+    else:
+        con = my_admin(url)
+        with con.cursor() as cur:
+            cur.execute("DROP TABLE trickle")
+            cur.execute(
+                "CREATE VIEW trickle AS SELECT CAST(seq AS SIGNED) AS id, md5(seq) AS h "
+                "FROM seq_1_to_3000000"
+            )
+        con.close()
+    try:
+        with pytest.raises(LimitExceededError, match="the read stopped at") as ei:
+            fed.sql("SELECT id, h FROM trickle", max_bytes=1_000_000, timeout=60)
+        assert ei.value.limit == "max_bytes" and ei.value.source == "src"
+        read = int(re.search(r"stopped at ([\d,]+) bytes", str(ei.value))[1].replace(",", ""))
+        batch = STREAM_BATCH_ROWS * 48  # an id (8 bytes), a 32-char hash and its offset
+        assert 1_000_000 < read <= 1_000_000 + 2 * batch, read  # not the 120 MB
+        eventually(lambda: not fragment_threads(), within=2.0)
+        if kind == "postgresql":
+            eventually(lambda: not pg_sessions(url), within=2.0)
+    finally:
+        if kind == "postgresql":
+            with pg_admin(url) as c:
+                c.execute("DROP VIEW trickle")
+        else:
+            con = my_admin(url)
+            with con.cursor() as cur:
+                cur.execute("DROP VIEW trickle")
+            con.close()
 
 
 def test_fragment_byte_limit_and_result_limits(lite) -> None:

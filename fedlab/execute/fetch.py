@@ -228,15 +228,20 @@ def _time_left(source: Source, deadline: float | None) -> float | None:
     return min(limits) if limits else None
 
 
-def check_limits(fragment: Fragment, source: Source, rows: int, nbytes: int) -> None:
+def check_limits(
+    fragment: Fragment, source: Source, rows: int, nbytes: int, *, stopped: bool = False
+) -> None:
     """Raise :class:`LimitExceededError` when a fragment's rows or bytes pass the limits
-    of the running query (:class:`FetchContext`)."""
+    of the running query (:class:`FetchContext`); ``stopped``: the read was stopped there
+    (a streamed read), so ``rows`` / ``nbytes`` are what came before it stopped."""
     ctx = _context()
     over = None
     if ctx.max_rows is not None and rows > ctx.max_rows:
         over = f"more than max_rows={ctx.max_rows:,} rows (the read stopped at {rows:,})"
     elif ctx.max_bytes is not None and nbytes > ctx.max_bytes:
         over = f"{nbytes:,} bytes, more than max_bytes={ctx.max_bytes:,}"
+        if stopped:
+            over = f"more than max_bytes={ctx.max_bytes:,} bytes (the read stopped at {nbytes:,} bytes, {rows:,} rows)"
     if over is not None:
         raise LimitExceededError(
             f"fragment {fragment.id} on source {source.name} returned {over}; add a filter "
@@ -381,6 +386,8 @@ def _read_connectorx(fragment: Fragment, source: Source, deadline: float | None)
         tag_sql(limit_sql(q, ctx.max_rows), source.kind, ctx.tag)
         for q in partition_queries(fragment)
     ]
+    if ctx.max_bytes is not None and len(queries) == 1:
+        return _stream_connectorx(fragment, source, queries[0], setup, ctx)
     # a list of queries: connectorx reads them concurrently (one connection each, every
     # one set up by pre_execution_query) and concatenates the Arrow batches
     table = cx.read_sql(
@@ -393,6 +400,50 @@ def _read_connectorx(fragment: Fragment, source: Source, deadline: float | None)
         table = table.read_all()
     reader = "connectorx" if len(queries) == 1 else f"connectorx ({len(queries)} ranges)"
     return FetchResult(pl.from_arrow(table), table.nbytes, reader)
+
+
+#: rows per Arrow batch when a fragment is streamed (a byte limit is checked per batch)
+STREAM_BATCH_ROWS = 16_384
+
+
+def _stream_connectorx(
+    fragment: Fragment, source: Source, query: str, setup: list[str], ctx: FetchContext
+) -> FetchResult:
+    """Read one query as a stream of Arrow batches (connectorx ``arrow_stream``), checking
+    ``max_bytes`` and the cancel event after every batch. Going over the limit stops the
+    read: the server statement is cancelled (by the session's tag) and
+    :class:`LimitExceededError` says how far it got. Measured: as fast as a whole read."""
+    import connectorx as cx
+
+    from fedlab.execute.cancel import cancel_sessions
+
+    reader = cx.read_sql(
+        source.connectorx_url,
+        query,
+        return_type="arrow_stream",
+        batch_size=STREAM_BATCH_ROWS,
+        pre_execution_query=setup,
+    )
+    batches: list[pa.RecordBatch] = []
+    nbytes = rows = 0
+    try:
+        for batch in reader:
+            batches.append(batch)
+            nbytes += batch.nbytes
+            rows += batch.num_rows
+            if ctx.cancelled.is_set():
+                raise QueryCancelledError(
+                    f"fragment {fragment.id} on {source.name}: query cancelled"
+                )
+            if ctx.max_bytes is not None and nbytes > ctx.max_bytes:
+                check_limits(fragment, source, rows, nbytes, stopped=True)
+    except (LimitExceededError, QueryCancelledError):
+        # the rows keep coming from the server until its statement ends: end it
+        if ctx.tag is not None:
+            cancel_sessions(source, ctx.tag)
+        raise
+    table = pa.Table.from_batches(batches, schema=reader.schema)
+    return FetchResult(pl.from_arrow(table), table.nbytes, "connectorx (stream)")
 
 
 _SQLALCHEMY_DIALECT = {"postgresql": "postgresql+psycopg://", "mysql": "mysql+pymysql://"}
