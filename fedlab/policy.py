@@ -779,6 +779,20 @@ def check_plan(plan: Any, catalog: Any, policy: Policy | None) -> None:
                 )
             )
             continue
+        if source.kind == "rest":
+            # a REST service answers with its rows: they cross HTTP before any aggregate
+            # fedlab pushes down could run (locally, over the fetched rows)
+            problems.append(
+                (
+                    frag,
+                    rule,
+                    f"{frag.id} would read {_tables_text(frag)} from a REST service, which "
+                    "sends its rows over HTTP: aggregates cannot be computed inside it",
+                    "nothing through this endpoint: expose an aggregate endpoint, or attach "
+                    "the database behind it",
+                )
+            )
+            continue
         analyzer = _Analyzer(policy, catalog.tables.get(frag.source, {}))
         finding, _ = analyzer.check(_parse(frag))
         if finding is None and frag.partition is not None:

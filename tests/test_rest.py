@@ -558,3 +558,16 @@ def test_serve_demo_apis_command(demo_dir) -> None:
             proc.kill()
             raise
     assert code == 0
+
+
+def test_residency_refuses_an_aggregate_only_rest_source(fresh) -> None:
+    """A REST service sends rows, so an aggregate-only source behind it can give nothing
+    (whatever k): the plan is refused before any request, naming the rule and table."""
+    fed = fl.Federation()
+    fed.attach("orders_api", fresh.urls["orders"], kind="rest", tags={"region": "EU"})
+    fed.policy(residency={"EU": "aggregate-only"}, k=1)
+    fresh.reset_log()
+    with pytest.raises(fl.ResidencyError, match="REST service") as ei:
+        fed.sql("SELECT status, count(*) AS n FROM orders GROUP BY status")
+    assert ei.value.source == "orders_api" and "aggregate-only" in str(ei.value)
+    assert fresh.requests("orders") == []  # nothing was fetched
