@@ -343,6 +343,7 @@ def introspect(source: Source) -> list[TableInfo]:
 
         return introspect_rest(source)
     con = source.connect()
+    source._login_checked = time.monotonic()  # type: ignore[attr-defined]  # see fetch
     try:
         tables = _INTROSPECT[source.kind](con)
         for t in tables:

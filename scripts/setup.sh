@@ -235,6 +235,9 @@ if ((fresh_my)); then
         GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;"
 fi
 my_sql 'SELECT 1' >/dev/null || die "MariaDB answers but root@$MY_HOST cannot log in without a password"
+# TLS for the tests that prove fedlab's MariaDB sessions are encrypted (restarts MariaDB
+# once, when it has no TLS yet: before the SET GLOBAL settings below)
+MY_HOST="$MY_HOST" SETUP_WAIT_S="$WAIT_S" bash "$ROOT/scripts/setup-mariadb-tls.sh"
 # fedlab.load bulk-loads with LOAD DATA LOCAL INFILE, which the server must allow. SET
 # GLOBAL does not survive a server restart: this script sets it again on every run.
 if [[ "$(my_sql 'SELECT @@GLOBAL.local_infile')" != 1 ]]; then

@@ -13,6 +13,7 @@ import dataclasses
 import re
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -556,3 +557,53 @@ def test_sever_shuts_down_only_new_connections_to_the_target() -> None:
     finally:
         for s in (old, new, elsewhere, server, other):
             s.close()
+
+
+# --------------------------------------------------------------------------- refused logins
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_a_refused_login_fails_at_once(kind, pg_fast, my_fast, monkeypatch, capfd) -> None:
+    """A login the server refuses (here: the user's password changed after attaching)
+    fails in well under a second with the server's reason and no password; connectorx
+    alone would retry it in its pool for ~30 s."""
+    import fedlab.execute.fetch as fetch
+
+    user, pw = f"fl_login_{uuid.uuid4().hex[:8]}", "first-S3cret"
+    url = pg_fast if kind == "postgresql" else my_fast
+    s = Source.from_url("x", url)
+    if kind == "postgresql":
+        admin = pg_admin(url)
+        admin.execute(f"CREATE ROLE {user} LOGIN PASSWORD '{pw}'")
+        admin.execute(f"GRANT SELECT ON fast TO {user}")
+        run = admin.execute
+    else:
+        admin = my_admin(url)
+        run = admin.cursor().execute
+        run(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{pw}'")
+        run(f"GRANT SELECT ON `{s.database}`.* TO '{user}'@'127.0.0.1'")
+    try:
+        fed = fl.Federation()
+        fed.attach("src", f"{kind}://{user}:{pw}@127.0.0.1:{s.port}/{s.database}")
+        table = "fast" if kind == "postgresql" else "rows10"
+        assert fed.sql(f"SELECT count(*) AS n FROM {table}").df.height == 1
+        if kind == "postgresql":
+            run(f"ALTER ROLE {user} PASSWORD 'second-S3cret'")
+            # PostgreSQL trusts loopback here (trust auth): refuse the login another way
+            run(f"ALTER ROLE {user} NOLOGIN")
+        else:
+            run(f"ALTER USER '{user}'@'127.0.0.1' IDENTIFIED BY 'second-S3cret'")
+        monkeypatch.setattr(fetch, "LOGIN_TTL_S", 0.0)  # as if the last check were old
+        t = time.monotonic()
+        with pytest.raises(fl.SourceUnavailableError) as ei:
+            fed.sql(f"SELECT count(*) AS n FROM {table}")
+        took = time.monotonic() - t
+        assert took < 1.0, took
+        text = str(ei.value)
+        assert "src" in text and ("denied" in text.lower() or "not permitted" in text.lower())
+        assert pw not in text and pw not in capfd.readouterr().err
+    finally:
+        if kind == "postgresql":
+            run(f"DROP OWNED BY {user}")
+            run(f"DROP ROLE {user}")
+        else:
+            run(f"DROP USER '{user}'@'127.0.0.1'")
+        admin.close()

@@ -122,3 +122,75 @@ def test_fedlab_sessions_are_encrypted_with_sslmode_require(pg_database) -> None
         assert out and out[0].trace.entries[0].reader.startswith("connectorx")
     finally:
         admin.close()
+
+
+# ---------------------------------------------------------------------- MariaDB
+def _my_admin(url: str):
+    import pymysql
+
+    s = Source.from_url("probe", url)
+    return pymysql.connect(
+        host=s.host, port=s.port, user=s.user or "root", database=s.database, autocommit=True
+    )
+
+
+def test_mariadb_sessions_are_encrypted_with_ssl_settings(mariadb_database) -> None:
+    """With ``?ssl=true`` every MariaDB connection fedlab opens is encrypted (reads go
+    through pymysql: connectorx's MySQL reader takes no TLS setting), proven with the
+    session's own ``Ssl_cipher`` and with a user the server admits over TLS only."""
+    import uuid
+
+    url = mariadb_database("fedlab_tls")
+    admin = _my_admin(url)
+    user = f"fl_tls_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SELECT @@GLOBAL.have_ssl")
+            if cur.fetchone()[0] != "YES":
+                msg = (
+                    "the MariaDB server has no TLS (have_ssl != YES): TLS cannot be proven "
+                    "here (bash scripts/setup-mariadb-tls.sh switches it on)"
+                )
+                if _require_servers():
+                    pytest.fail(msg + " (CI=true / FEDLAB_REQUIRE_SERVERS=1: TLS is required)")
+                pytest.skip(msg)
+            # what the session fedlab's fragment runs in says about itself
+            cur.execute(
+                "CREATE VIEW tls_probe AS SELECT VARIABLE_VALUE AS cipher "
+                "FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher'"
+            )
+            cur.execute(f"CREATE USER '{user}'@'127.0.0.1' REQUIRE SSL")
+            db = Source.from_url("x", url).database
+            cur.execute(f"GRANT SELECT, SHOW VIEW ON `{db}`.* TO '{user}'@'127.0.0.1'")
+        s = Source.from_url("x", url)
+        tls_url = f"mysql://{user}@{s.host}:{s.port}/{s.database}?ssl=true"
+        plain_url = f"mysql://{user}@{s.host}:{s.port}/{s.database}"
+
+        fed = fl.Federation()
+        fed.attach("sales", tls_url)
+        assert "ssl" in fed.sources()["tls"][0]
+        cipher = fed.sql("SELECT cipher FROM tls_probe").df["cipher"].to_list()
+        assert len(cipher) == 1 and cipher[0], cipher  # a cipher: the fragment was encrypted
+        con = fed.catalog.sources["sales"].connect()  # catalog, health, cancel, fallback
+        try:
+            with con.cursor() as cur:
+                cur.execute(
+                    "SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS "
+                    "WHERE VARIABLE_NAME = 'Ssl_cipher'"
+                )
+                assert cur.fetchone()[0]
+        finally:
+            con.close()
+        # the same user without TLS settings is refused by the server: it did need TLS
+        with pytest.raises(fl.FedlabError) as ei:
+            fl.Federation().attach("plain", plain_url).sql("SELECT cipher FROM tls_probe")
+        assert user in str(ei.value) or "Access denied" in str(ei.value)
+
+        # the root session without TLS settings is not encrypted (the probe can tell)
+        fed2 = fl.Federation()
+        fed2.attach("sales", url)
+        assert fed2.sql("SELECT cipher FROM tls_probe").df["cipher"].to_list() == [""]
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP USER IF EXISTS '{user}'@'127.0.0.1'")
+        admin.close()

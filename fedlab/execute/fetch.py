@@ -203,6 +203,24 @@ def _probe(source: Source) -> None:
         raise SourceUnavailableError(f"source {source.describe()} is not reachable: {e}") from None
 
 
+#: seconds a successful login to a source is trusted before a read checks it again
+LOGIN_TTL_S = 60.0
+
+
+def _check_login(source: Source) -> None:
+    """Log in with the driver (psycopg / pymysql) unless that succeeded within
+    :data:`LOGIN_TTL_S` (attaching counts): a refused login (wrong password, a user that
+    needs TLS, a dropped role) then fails at once with the server's message. connectorx
+    would retry it in its pool for ~30 s, logging each attempt."""
+    now = time.monotonic()
+    if now - getattr(source, "_login_checked", -LOGIN_TTL_S - 1.0) < LOGIN_TTL_S:
+        return
+    con = source.connect()  # raises SourceUnavailableError with the driver's message
+    with contextlib.suppress(Exception):
+        con.close()
+    source._login_checked = now  # type: ignore[attr-defined]
+
+
 def limit_sql(sql: str, max_rows: int | None) -> str:
     """Wrap ``sql`` so that the source returns at most ``max_rows + 1`` rows (one more
     than allowed, so that going over the limit is seen without reading further).
@@ -381,6 +399,7 @@ def _read_connectorx(fragment: Fragment, source: Source, deadline: float | None)
         return _read_sqlalchemy(fragment, source, deadline)
     ctx = _context()
     _probe(source)
+    _check_login(source)
     setup = source.session_setup(statement_timeout=_time_left(source, deadline), tag=ctx.tag)
     queries = [
         tag_sql(limit_sql(q, ctx.max_rows), source.kind, ctx.tag)
