@@ -267,8 +267,70 @@ def _expand_table_stars(tree: exp.Expression) -> None:
         select.set("expressions", new)
 
 
+#: AND / OR chains longer than this are not simplified (sqlglot's simplify is quadratic in
+#: a chain's length: 300 terms ~1 s, 700 ~9 s)
+MAX_SIMPLIFY_TERMS = 64
+
+
+def _chain(node: exp.Expression, kind: type[exp.Expression]) -> list[exp.Expression]:
+    """The terms of a flat ``kind`` (AND / OR) chain rooted at ``node``, parentheses
+    looked through (iteratively: a long chain is a deep left-leaning tree)."""
+    out: list[exp.Expression] = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        while isinstance(n, exp.Paren):
+            n = n.this
+        if isinstance(n, kind):
+            stack.append(n.expression)
+            stack.append(n.this)
+        else:
+            out.append(n)
+    return out
+
+
+def _longest_chain(tree: exp.Expression) -> int:
+    longest = 0
+    for node in tree.find_all(exp.Connector):
+        if isinstance(node.parent, type(node)):
+            continue  # counted from the chain's root
+        longest = max(longest, len(_chain(node, type(node))))
+    return longest
+
+
+def _or_chains_to_in(tree: exp.Expression) -> None:
+    """Rewrite ``c = v1 OR c = v2 OR …`` (one column, literals or parameters, at least
+    :data:`MAX_SIMPLIFY_TERMS` terms: the shape query builders generate) as
+    ``c IN (v1, v2, …)``: the same three-valued logic (IN is defined as that OR chain), a
+    shallow tree, and no quadratic simplify."""
+    roots = [n for n in tree.find_all(exp.Or) if not isinstance(n.parent, (exp.Or, exp.Paren))]
+    for root in roots:
+        terms = _chain(root, exp.Or)
+        if len(terms) < MAX_SIMPLIFY_TERMS:
+            continue
+        column = None
+        values: list[exp.Expression] = []
+        for t in terms:
+            if not isinstance(t, exp.EQ):
+                break
+            a, b = t.this, t.expression
+            if isinstance(b, exp.Column) and not isinstance(a, exp.Column):
+                a, b = b, a
+            if not isinstance(a, exp.Column) or not isinstance(b, (exp.Literal, exp.Placeholder)):
+                break
+            if column is None:
+                column = a
+            elif a != column:
+                break
+            values.append(b)
+        else:
+            assert column is not None
+            root.replace(exp.paren(exp.In(this=column.copy(), expressions=values)))
+
+
 def bind(tree: exp.Query, catalog: Catalog) -> BoundQuery:
     """Resolve tables and columns of ``tree`` against ``catalog`` (mutates and returns it)."""
+    _or_chains_to_in(tree)  # first: qualify is quadratic in the depth of a long OR chain
     _resolve_tables(tree, catalog)
     _expand_table_stars(tree)
     _name_outputs(tree)
@@ -286,7 +348,10 @@ def bind(tree: exp.Query, catalog: Catalog) -> BoundQuery:
         raise _column_error(e, tree, catalog) from None
     _restore_aliases(tree)
     try:
-        tree = simplify(tree, dialect="postgres")  # folds DATE '…' + INTERVAL '…' and friends
+        if _longest_chain(tree) <= MAX_SIMPLIFY_TERMS:
+            # folds DATE '…' + INTERVAL '…' and friends; sqlglot compares every pair of terms
+            # of an AND / OR chain, so a very long one is left as it is (still correct)
+            tree = simplify(tree, dialect="postgres")
     except (TypeError, ValueError, ArithmeticError) as e:  # e.g. INTERVAL NULL DAY
         raise UnsupportedSQLError(f"cannot fold the constants of this query: {e}") from None
     annotate_types(tree, schema=_schema(catalog), dialect="postgres")
