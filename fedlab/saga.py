@@ -48,6 +48,7 @@ process (``os._exit``) right after step NAME committed and was logged, as a kill
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -492,6 +493,16 @@ def _rollback(con: Any, kind: str) -> None:
             con.execute("ROLLBACK")
     except Exception:  # the connection may be gone: the server rolls back on its own
         pass
+
+
+def _keys_table_exists(con: Any, kind: str) -> bool:
+    try:
+        cur = _execute(con, kind, f"SELECT 1 FROM {KEYS_TABLE} WHERE 1 = 0")
+        cur.close()
+        return True
+    except Exception:
+        _rollback(con, kind)
+        return False
 
 
 #: advisory lock id that serialises the keys table's creation on PostgreSQL
@@ -1088,6 +1099,51 @@ class Saga:
             "updated": pl.Datetime("us", "UTC"),
         }
         return pl.DataFrame(rows, schema=schema)
+
+    def prune_keys(
+        self, older_than: float | dt.timedelta, *, sources: Sequence[str] | None = None
+    ) -> pl.DataFrame:
+        """Delete idempotency keys older than ``older_than`` (seconds or a timedelta, by
+        each database's own clock) from ``fedlab_saga_keys`` on ``sources`` (default: every
+        attached source that has the table), except the keys of sagas this log still lists
+        as unfinished (running, compensating, stuck): those are needed to resume or
+        compensate safely. A retry after its key was pruned would apply the step again, so
+        keep keys longer than any retry may come. Returns one row per source: source,
+        deleted."""
+        seconds = older_than.total_seconds() if isinstance(older_than, dt.timedelta) else older_than
+        if not isinstance(seconds, (int, float)) or seconds < 0:
+            raise SagaError(f"older_than must be >= 0 seconds or a timedelta, got {older_than!r}")
+        keep = [r["saga_id"] for r in self._log.pending()]
+        names = list(sources) if sources is not None else list(self.fed.catalog.sources)
+        rows = []
+        for name in names:
+            src = self._source(name) if sources is not None else self.fed.catalog.sources[name]
+            if src.kind not in _KEYS_DDL:
+                continue
+            con = src.connect(read_only=False, application_name=f"fedlab-saga:{self.name}")
+            try:
+                if src.kind == "sqlite":
+                    con.isolation_level = None
+                if not _keys_table_exists(con, src.kind):
+                    continue
+                cutoff = {
+                    "postgresql": f"CURRENT_TIMESTAMP - make_interval(secs => {float(seconds)})",
+                    "mysql": f"NOW() - INTERVAL {float(seconds)} SECOND",
+                    "sqlite": f"datetime('now', '-{float(seconds)} seconds')",
+                    "duckdb": f"CAST(now() AS TIMESTAMP) - to_microseconds({int(seconds * 1e6)})",
+                }[src.kind]
+                sql = f"DELETE FROM {KEYS_TABLE} WHERE applied_at <= {cutoff}"
+                if keep:
+                    sql += f" AND saga_id NOT IN ({_placeholders(src.kind, len(keep))})"
+                _begin(con, src.kind)
+                cur = _execute(con, src.kind, sql, tuple(keep) if keep else None)
+                deleted = cur.fetchone()[0] if src.kind == "duckdb" else cur.rowcount
+                cur.close()
+                _commit(con, src.kind)
+            finally:
+                con.close()
+            rows.append({"source": name, "deleted": int(deleted)})
+        return pl.DataFrame(rows, schema={"source": pl.Utf8, "deleted": pl.Int64})
 
     def trace(self, saga_id: str | None = None) -> pl.DataFrame:
         """One row per action / compensation attempt of saga ``saga_id`` (default: this

@@ -567,3 +567,33 @@ def test_duckdb_step_and_key_share_the_transaction(tmp_path: Path) -> None:
     assert sorted(keys) == sorted(
         [("k", "action"), (f"{res.saga_id}:a", "action"), (f"{res.saga_id}:a", "compensation")]
     )
+
+
+def test_prune_keys_keeps_unfinished_sagas_keys(bank: Bank) -> None:
+    """``prune_keys`` deletes old keys on every participant, but not those of a saga the
+    log still lists as unfinished (needed to resume it without re-applying a step)."""
+    fed = bank.federation()
+    done = transfer(fed.saga(log=bank.log), keys=True, entry_id=3).run()
+    assert done.ok
+    sid = crash_child(bank)  # a second transfer, interrupted after "credit"
+    keys = bank.keys()
+    assert len(keys["bank"]) == 2 and len(keys["shop"]) == 2 and len(keys["ledger"]) == 1
+    saga = fed.saga(log=bank.log)
+    # nothing is old enough yet
+    assert saga.prune_keys(3600)["deleted"].to_list() == [0, 0, 0]
+    pruned = saga.prune_keys(0)
+    assert pruned.to_dicts() == [
+        {"source": "bank", "deleted": 1},
+        {"source": "shop", "deleted": 1},
+        {"source": "ledger", "deleted": 1},
+    ]
+    left = bank.pg(f"SELECT saga_id FROM {KEYS_TABLE}") + bank.my(
+        f"SELECT saga_id FROM {KEYS_TABLE}"
+    )
+    assert {r[0] for r in left} == {sid}  # only the unfinished saga's keys stay
+    res = fed.saga(log=bank.log).resume(sid)  # and resuming it still skips its done steps
+    assert res.status == "done" and res.skipped == []
+    # each step ran once over the two processes: the child's debit and credit, then record
+    assert res.trace.filter(phase="action")["step"].to_list() == ["debit", "credit", "record"]
+    with pytest.raises(SagaError, match="older_than"):
+        saga.prune_keys(-1)
