@@ -87,6 +87,16 @@ if ((with_servers)); then
             break
         fi
     done
+    # fedlab.fdw (tests/test_fdw.py): postgres_fdw ships with the server, mysql_fdw is a
+    # separate Debian package built for the installed server version
+    if command -v pg_ctlcluster >/dev/null 2>&1 && compgen -G '/etc/postgresql/*/main' >/dev/null; then
+        pg_major=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
+    else
+        pg_major=15 # the postgresql package installed above: Debian 12's server is 15
+    fi
+    if [[ ! -f /usr/share/postgresql/$pg_major/extension/mysql_fdw.control ]]; then
+        missing+=("postgresql-$pg_major-mysql-fdw")
+    fi
     # the real-browser test (tests/test_browser.py) drives Debian's Chromium with
     # playwright; `playwright install` (a browser download) is never used
     if [[ ! -x /usr/bin/chromium ]]; then
