@@ -652,6 +652,7 @@ def execute(
     errors: list[tuple[Fragment, BaseException]] = []
     groups: list[str] = []
     lock = threading.Lock()
+    finished = threading.Event()
     cached: list[Any] = []
 
     def time_left() -> float | None:
@@ -713,6 +714,10 @@ def execute(
             with lock:
                 cached.append(df)
             rows, nbytes = _measure(df)
+            with lock:
+                if finished.is_set():  # the query ended (failed, timed out) meanwhile
+                    df.unpersist()
+                    return
         except BaseException as e:  # handed to the calling thread
             with lock:
                 errors.append((frag, e))
@@ -850,10 +855,13 @@ def execute(
         cancel_all()
         raise
     finally:
+        with lock:
+            finished.set()
+            leftovers = list(cached)
         for fid in frames:
             with contextlib.suppress(Exception):
                 spark.catalog.dropTempView(_view_name(qid, fid))
-        for df in cached:
+        for df in leftovers:
             with contextlib.suppress(Exception):
                 df.unpersist()
 
