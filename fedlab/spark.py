@@ -84,6 +84,7 @@ __all__ = [
     "release",
     "session",
     "spark_partition",
+    "task_metrics",
     "write_parquet",
 ]
 
@@ -547,6 +548,44 @@ def _measure(df: SparkDataFrame) -> tuple[int, int]:
     return rows, nbytes
 
 
+def task_metrics(spark: SparkSession, group: str, *, wait: float = 1.0) -> dict[str, float] | None:
+    """Spark's task metrics of a job group's reading stages (no shuffle input, no cached
+    bytes re-read), summed: ``records`` read (the JDBC rows), ``run_s`` (executor run
+    time of those tasks, seconds), ``tasks``; ``bytes`` (0: Spark's JDBC reader reports
+    none).
+    None when Spark does not say (the status store is updated asynchronously: waits up to
+    ``wait`` seconds for the group's stages to complete)."""
+    sc = spark.sparkContext
+    try:
+        store = sc._jsc.sc().statusStore()
+        end = time.monotonic() + wait
+        while True:
+            stages = []
+            for job in sc.statusTracker().getJobIdsForGroup(group):
+                info = sc.statusTracker().getJobInfo(job)
+                if info is not None:
+                    stages.extend(int(i) for i in info.stageIds)
+            data = [store.lastStageAttempt(sid) for sid in sorted(set(stages))]
+            done = all(str(d.status()) in ("COMPLETE", "SKIPPED") for d in data)
+            if (data and done) or time.monotonic() >= end:
+                break
+            time.sleep(0.05)
+        # the reading stages: no shuffle input, and no bytes (Spark's JDBC reader reports
+        # none; a stage re-reading the cached fragment reports the cache's bytes)
+        data = [d for d in data if d.shuffleReadRecords() == 0 and d.inputBytes() == 0]
+        data = [d for d in data if d.inputRecords() > 0] or data[:1]
+        if not data:
+            return None
+        return {
+            "records": float(sum(d.inputRecords() for d in data)),
+            "bytes": float(sum(d.inputBytes() for d in data)),
+            "run_s": sum(d.executorRunTime() for d in data) / 1000.0,
+            "tasks": float(sum(d.numTasks() for d in data)),
+        }
+    except Exception:  # a private API: never fail a query over a trace detail
+        return None
+
+
 def _from_polars(spark: SparkSession, df: pl.DataFrame) -> SparkDataFrame:
     """A frame read on the driver, handed to Spark through Arrow."""
     if df.width == 0:
@@ -670,9 +709,12 @@ def execute(
         shown, note, part = frag.sql, "", None
         try:
             if frag.dynamic:
+                # the keys' jobs get their own group: the fragment's task metrics are its read
+                sc.setJobGroup(f"{group}-keys", f"fedlab {qid} keys for {frag.id}", True)
                 keys = {
                     d.provider: _keys(frames[d.provider], frag, d.provider) for d in frag.dynamic
                 }
+                sc.setJobGroup(group, f"fedlab {qid} {frag.id} @ {frag.source}", True)
                 texts, shown, note = fill_keys(frag, keys)
                 if not texts:
                     df = _empty(spark, frag)
@@ -764,7 +806,7 @@ def execute(
                     break
                 if all(d in frames for d in f.depends_on):
                     waiting.remove(f)
-                    groups.append(f"fedlab-{qid}-{f.id}")
+                    groups.extend([f"fedlab-{qid}-{f.id}", f"fedlab-{qid}-{f.id}-keys"])
                     th = threading.Thread(
                         target=run_one,
                         args=(f, time.monotonic() - t0),
@@ -818,6 +860,7 @@ def execute(
             result = result.toDF(*plan.output_columns)
         if not collect:
             trace.residual_s = time.monotonic() - res_start
+            _add_task_metrics(spark, qid, trace)
             with _CACHED_LOCK:
                 _CACHED[qid] = list(cached)
             cached.clear()
@@ -850,6 +893,7 @@ def execute(
         df = out["df"]
         trace.residual_s = time.monotonic() - res_start
         trace.result_rows = df.height
+        _add_task_metrics(spark, qid, trace)
         return df, trace
     except BaseException:
         cancel_all()
@@ -864,6 +908,24 @@ def execute(
         for df in leftovers:
             with contextlib.suppress(Exception):
                 df.unpersist()
+
+
+def _add_task_metrics(spark: SparkSession, qid: str, trace: Trace) -> None:
+    """Append Spark's task metrics of each fragment's job to its trace entry's reader
+    (rows read and executor seconds), and say that its bytes were computed, not reported."""
+    for e in trace.entries:
+        if e.reader.startswith("skipped"):
+            continue
+        m = task_metrics(spark, f"fedlab-{qid}-{e.fragment}", wait=0.5)
+        if m is None:
+            continue
+        tasks = int(m["tasks"])
+        e.reader += (
+            f" · Spark tasks: {tasks} task{'s' if tasks != 1 else ''}, "
+            f"{int(m['records']):,} rows read, {m['run_s']:.2f} s"
+        )
+        if not m["bytes"]:
+            e.reader += " · bytes: Arrow size computed in Spark"
 
 
 def _keys(frame: Any, frag: Fragment, provider: str) -> pl.DataFrame:

@@ -22,6 +22,7 @@ without them the tests skip with the reason, except under ``CI=true`` or
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -166,6 +167,10 @@ def test_trace_and_plot(federations, spark_local) -> None:  # noqa: F811
         assert e.end > e.start >= 0
         assert e.rows == by_id[e.fragment].rows
         assert e.bytes > 0 and e.reader.startswith("spark jdbc")
+        # Spark's own task metrics agree on the rows; its JDBC reader reports no bytes
+        m = re.search(r"Spark tasks: (\d+) tasks?, ([\d,]+) rows read", e.reader)
+        assert m and int(m[2].replace(",", "")) == e.rows, e.reader
+        assert "bytes: Arrow size computed in Spark" in e.reader
         # the Arrow size computed in Spark is close to what the local engine measured
         assert 0.5 < e.bytes / by_id[e.fragment].bytes < 2, (e, by_id[e.fragment])
     assert trace.rows == local.trace.rows
@@ -187,6 +192,7 @@ def test_partitioned_read(federations, spark_local, monkeypatch) -> None:  # noq
     assert part is not None and part[0] == "id" and part[3] == 4, part
     df, trace = fs.execute(plan, fed.catalog, spark=spark_local())
     assert "4 ranges on id" in trace.entries[0].reader
+    assert "Spark tasks: 4 tasks, 400 rows read" in trace.entries[0].reader
     assert df.height == 400 and df["id"].n_unique() == 400
     local = fed.sql("SELECT id, user_id, total FROM orders", strategy="pushdown")
     fl.testing.assert_same_result(df, local.df)
