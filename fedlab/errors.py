@@ -33,6 +33,8 @@ The tree::
     ├── SagaError                   a saga cannot be declared, run, resumed or compensated (fedlab.saga)
     │   ├── SagaFailedError         a step failed in a ``with fed.saga()`` block; applied steps were compensated
     │   └── SagaStuckError          a compensation failed: saga marked "stuck" in its log (names step, source)
+    ├── FdwError                    the PostgreSQL FDW hub (fedlab.fdw) failed
+    │   └── NoFdwHubError           fed.compare(..., "fdw") before fl.fdw.setup(fed, hub=...)
     └── TransactionError            a distributed transaction failed (fedlab.txn)
         ├── StatementError          a statement inside ``fed.transaction()`` failed
         ├── TwoPhaseUnsupportedError a source that cannot prepare (SQLite; max_prepared_transactions=0)
@@ -420,3 +422,18 @@ class SagaStuckError(SagaError):
 
 
 __all__ += ["SagaError", "SagaFailedError", "SagaStuckError"]
+
+
+class FdwError(FedlabError):
+    """The PostgreSQL FDW hub (:mod:`fedlab.fdw`) cannot be set up, queried or torn down: a
+    hub that is not PostgreSQL, a missing wrapper extension, a schema of the same name that
+    fedlab did not make, a table not on the hub, or ``fed.compare(..., "fdw")`` before
+    ``fl.fdw.setup(fed, hub=...)``. Passwords never appear in the message."""
+
+
+class NoFdwHubError(FdwError):
+    """``fed.compare(..., strategies=(..., "fdw"))`` without a hub: run
+    ``fl.fdw.setup(fed, hub="postgresql://…")`` first (it sets ``fed.fdw_hub``)."""
+
+
+__all__ += ["FdwError", "NoFdwHubError"]

@@ -56,6 +56,9 @@ class Federation:
         user: who runs the queries, for the history and the audit log (default: the OS user).
     """
 
+    #: the PostgreSQL FDW hub made by ``fl.fdw.setup(fed, hub=...)`` (``compare(..., "fdw")``)
+    fdw_hub: Any = None
+
     def __init__(
         self,
         *,
@@ -381,27 +384,49 @@ class Federation:
         strategies: Sequence[str] = ("naive", "pushdown"),
         params: Mapping[str, Any] | None = None,
     ) -> Comparison:
-        """Run ``sql`` under each strategy; check they agree (the equality rule); tabulate cost."""
+        """Run ``sql`` under each strategy; check they agree (the equality rule); tabulate cost.
+
+        ``"fdw"`` among the strategies runs the same query on the PostgreSQL hub made by
+        ``fl.fdw.setup(fed, hub=...)`` (``fed.fdw_hub``; :class:`~fedlab.errors.NoFdwHubError`
+        without one): its time, the rows its foreign scans moved (``EXPLAIN ANALYZE``) and
+        their bytes, estimated as rows × row width (column ``bytes_basis`` says which
+        strategies' bytes are measured Arrow sizes and which are estimates).
+        ``cmp.explain("fdw")`` is the hub's ``EXPLAIN (VERBOSE)``.
+        """
         from fedlab.testing import same_result
 
-        results = {s: self.sql(sql, params, strategy=s) for s in strategies}
+        hub = getattr(self, "fdw_hub", None)
+        if "fdw" in strategies and hub is None:
+            from fedlab.errors import NoFdwHubError
+
+            raise NoFdwHubError(
+                "strategy 'fdw' needs an FDW hub: run fl.fdw.setup(fed, hub='postgresql://…') "
+                "first (it stores the hub as fed.fdw_hub)"
+            )
+        results: dict[str, Any] = {
+            s: hub.sql(sql, params) if s == "fdw" else self.sql(sql, params, strategy=s)
+            for s in strategies
+        }
         first = next(iter(results.values()))
         rows = []
         for s, r in results.items():
             ok, why = same_result(r.df, first.df, ordered=r.plan.ordered)
+            basis = getattr(r, "bytes_basis", "arrow")
             rows.append(
                 {
                     "strategy": s,
                     "total_s": r.trace.total_s,
-                    "bytes": r.trace.bytes,
-                    "rows": r.trace.rows,
+                    "bytes": None if basis == "unknown" else r.trace.bytes,
+                    "rows": None if basis == "unknown" else r.trace.rows,
                     "fragments": len(r.plan.fragments),
                     "result_rows": r.df.height,
                     "same_result": ok,
                     "difference": why or None,
+                    "bytes_basis": basis,
                 }
             )
-        return Comparison(sql, results, pl.DataFrame(rows))
+        schema = {"bytes": pl.Int64, "rows": pl.Int64, "difference": pl.String}
+        return Comparison(sql, results, pl.DataFrame(rows, schema_overrides=schema))
 
     # ------------------------------------------------------------------ display
     def __repr__(self) -> str:

@@ -508,8 +508,62 @@ class Comparison:
             if ok is False
         ]
 
+    def explain(self, strategy: str | None = None) -> str:
+        """The plan of one strategy as text: fedlab's EXPLAIN tree, or for ``"fdw"`` the
+        hub's ``EXPLAIN (VERBOSE)`` (each foreign scan with the SQL sent to its source).
+        Without ``strategy``: every plan, one after the other."""
+        if strategy is None:
+            return "\n\n".join(f"== {s} ==\n{self.explain(s)}" for s in self.results)
+        if strategy not in self.results:
+            from fedlab.errors import ConfigError
+
+            raise ConfigError(
+                f"no strategy {strategy!r} in this comparison (it has: {', '.join(self.results)})"
+            )
+        from fedlab.security import redact
+
+        return redact(str(self.results[strategy].plan))
+
+    def pushed(self) -> pl.DataFrame:
+        """What each strategy sent to each source: one row per fragment (fedlab) or foreign
+        scan (``fdw``) with its source, what was pushed and the SQL."""
+        from fedlab.security import redact
+
+        rows = [
+            {
+                "strategy": s,
+                "fragment": f.id,
+                "source": f.source,
+                "kind": f.kind,
+                "pushed": "; ".join(f.pushed) or "nothing (whole table)",
+                "sql": redact(f.sql),
+            }
+            for s, r in self.results.items()
+            for f in r.plan.fragments
+        ]
+        schema = dict.fromkeys(
+            ("strategy", "fragment", "source", "kind", "pushed", "sql"), pl.String
+        )
+        return pl.DataFrame(rows, schema=schema)
+
     def __repr__(self) -> str:
         return repr(self.table)
+
+    def _plans_html(self) -> str:
+        """The plans side by side (collapsed): fedlab's trees next to the hub's EXPLAIN."""
+        if not self.results:
+            return ""
+        cells = "".join(
+            "<div style='flex:1 1 0;min-width:18em'>"
+            f"<b>{safe_text(s)}</b><pre style='font-size:11px;white-space:pre-wrap;"
+            "background:rgba(127,127,127,.08);padding:.3em'>"
+            f"{safe_text(self.explain(s))}</pre></div>"
+            for s in self.results
+        )
+        return (
+            "<details class='fedlab-comparison-plans'><summary style='cursor:pointer'>plans "
+            f"side by side</summary><div style='display:flex;gap:.8em'>{cells}</div></details>"
+        )
 
     def _repr_html_(self) -> str:
         bad = self.mismatches
@@ -523,5 +577,5 @@ class Comparison:
             f"<div class='fedlab-comparison' style='{_FONT}'>"
             f"<b>{self.table.height} strateg{'y' if self.table.height == 1 else 'ies'}</b>"
             f"<pre style='font-size:12px;white-space:pre-wrap'>{safe_text(self.sql)}</pre>"
-            f"{self.table._repr_html_()}{verdict}</div>"
+            f"{self.table._repr_html_()}{verdict}{self._plans_html()}</div>"
         )
