@@ -448,6 +448,13 @@ def _first_line(e: BaseException) -> str:
         for marker in ("PSQLException:", "SQLException:", "SQLiteException:", "Exception: ERROR"):
             if marker in ln:
                 return redact(ln[ln.index(marker) :][:500])
+    if lines[0].startswith("An error occurred while calling"):  # py4j: the JVM's story
+        causes = [ln for ln in lines if ln.startswith("Caused by:")]
+        if causes:
+            return redact(causes[-1][len("Caused by:") :].strip()[:500])
+        thrown = [ln.lstrip(": ") for ln in lines[1:] if not ln.startswith("at ")]
+        if thrown:
+            return redact(thrown[0][:500])
     return redact(lines[0][:500])
 
 
@@ -619,6 +626,30 @@ def release(query: str | Trace) -> None:
 
 def _view_name(qid: str, frag_id: str) -> str:
     return f"fedlab_{qid}_{frag_id}"
+
+
+#: Spark 4's PushProjectionThroughUnion fails ("key not found: <column>") on a scalar
+#: subquery correlated with a UNION ALL derived table (a sharded table's shards). Excluding
+#: the rule (an optimization only) makes those residuals run; done for such residuals.
+_UNION_SUBQUERY_RULE = "org.apache.spark.sql.catalyst.optimizer.PushProjectionThroughUnion"
+
+
+def _needs_union_workaround(tree: exp.Expression | None) -> bool:
+    if tree is None or tree.find(exp.Union) is None:
+        return False
+    return any(
+        sub.find(exp.Select) is not None and sub.find_ancestor(exp.Select) is not None
+        for sub in tree.find_all(exp.Subquery)
+        if not isinstance(sub.parent, exp.From | exp.Join)
+    )
+
+
+def _exclude_rule(spark: SparkSession, rule: str) -> None:
+    key = "spark.sql.optimizer.excludedRules"
+    current = spark.conf.get(key, "") or ""
+    rules = [r for r in current.split(",") if r.strip()]
+    if rule not in rules:
+        spark.conf.set(key, ",".join([*rules, rule]))
 
 
 def residual_spark_sql(plan: Plan, views: Mapping[str, str]) -> str:
@@ -843,6 +874,8 @@ def execute(
                 views[fid] = _view_name(qid, fid)
                 df.createOrReplaceTempView(views[fid])
             text = residual_spark_sql(plan, views)
+            if _needs_union_workaround(plan.residual):
+                _exclude_rule(spark, _UNION_SUBQUERY_RULE)
             try:
                 result = spark.sql(text)
             except Exception as e:
