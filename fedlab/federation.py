@@ -37,6 +37,16 @@ from fedlab.sql.shards import declare_shard
 __all__ = ["Federation"]
 
 
+#: where plans run: this process (Polars) or Apache Spark (fedlab.spark)
+ENGINES = ("polars", "spark")
+
+
+def _check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    return engine
+
+
 class Federation:
     """Several databases queried as one.
 
@@ -73,6 +83,8 @@ class Federation:
         max_rows: int | None = None,
         max_bytes: int | None = None,
         user: str | None = None,
+        engine: str = "polars",
+        spark: Any = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ConfigError(
@@ -99,6 +111,10 @@ class Federation:
         #: opt-in fragment cache (``fed.cache.enable(...)``, ``fed.cache.clear(source=...)``)
         self.cache = FragmentCache()
         self._policy: Policy | None = None
+        #: where the plans run: ``"polars"`` (this process) or ``"spark"`` (fedlab.spark)
+        self.engine = _check_engine(engine)
+        #: the Spark session for ``engine="spark"`` (None: ``fl.spark.session()`` on first use)
+        self.spark = spark
 
     # ------------------------------------------------------------------ sources
     @classmethod
@@ -333,14 +349,24 @@ class Federation:
         on_error: str = "raise",
         max_rows: int | None = None,
         max_bytes: int | None = None,
+        engine: str | None = None,
+        spark: Any = None,
+        collect: bool = True,
     ) -> FederatedResult:
         """Run one read-only query over the attached sources.
 
         ``disable``: pushdown rules to switch off (see explain); ``tenant``: read only that
         tenant's shards and sources; ``on_error``: ``raise``, ``partial`` or ``stale``;
         ``max_rows`` / ``max_bytes``: limits per fragment and per result.
+        ``engine``: ``"polars"`` (default: :attr:`engine`) or ``"spark"`` (the same plan on
+        Spark, see docs/spark.md; ``spark``: the session, default :attr:`spark` or
+        ``fl.spark.session()``); with Spark, ``collect=False`` leaves the result in Spark
+        (``res.spark_df``; ``res.df`` is then empty) for ``res.write_parquet(path)``.
         """
         t0 = time.monotonic()
+        engine = _check_engine(engine or self.engine)
+        if engine != "spark" and (spark is not None or not collect):
+            raise ConfigError("spark= and collect=False apply to engine='spark' only")
         strategy = strategy or self.strategy
         record = self.monitor.begin(sql, strategy, params)
         plan = None
@@ -351,6 +377,19 @@ class Federation:
             planning = time.monotonic() - t0
             timeout = timeout if timeout is not None else self.timeout
             run_guards(plan, self.catalog, self._policy, t0 + timeout if timeout else None)
+            if engine == "spark":
+                return self._sql_spark(
+                    record,
+                    plan,
+                    t0=t0,
+                    planning=planning,
+                    timeout=timeout,
+                    on_error=on_error,
+                    max_rows=max_rows if max_rows is not None else self.max_rows,
+                    max_bytes=max_bytes if max_bytes is not None else self.max_bytes,
+                    spark=spark,
+                    collect=collect,
+                )
             df, trace = execute(
                 plan,
                 self.catalog,
@@ -372,6 +411,60 @@ class Federation:
         self.monitor.succeed(record, plan, trace, df)
         return FederatedResult(df, plan, trace)
 
+    def spark_session(self) -> Any:
+        """The Spark session ``engine="spark"`` uses (made by ``fl.spark.session()`` on
+        first use unless ``Federation(spark=...)`` gave one)."""
+        if self.spark is None:
+            from fedlab import spark as fs
+
+            self.spark = fs.session()
+        return self.spark
+
+    def _sql_spark(
+        self,
+        record: Any,
+        plan: Plan,
+        *,
+        t0: float,
+        planning: float,
+        timeout: float | None,
+        on_error: str,
+        max_rows: int | None,
+        max_bytes: int | None,
+        spark: Any,
+        collect: bool,
+    ) -> FederatedResult:
+        """``fed.sql(..., engine="spark")``: the plan's fragments and residual on Spark
+        (fedlab.spark); the history, trace and result as with the local engine."""
+        from fedlab import spark as fs
+
+        if on_error != "raise":
+            raise ConfigError(
+                f"on_error={on_error!r} needs the local engine (engine='polars'): Spark "
+                "reads do not go through fedlab's fallbacks"
+            )
+        session = spark if spark is not None else self.spark_session()
+        out, trace = fs.execute(  # a failure is recorded by sql()
+            plan,
+            self.catalog,
+            spark=session,
+            timeout=timeout,
+            t0=t0,
+            max_rows=max_rows,
+            max_bytes=max_bytes,
+            max_workers=self.max_workers,
+            collect=collect,
+        )
+        trace.planning_s = planning
+        trace.total_s = time.monotonic() - t0
+        if collect:
+            df, spark_df = out, None
+        else:
+            spark_df = out
+            df = pl.DataFrame(schema=list(spark_df.columns))
+        self.monitor.succeed(record, plan, trace, df)
+        return FederatedResult(df, plan, trace, engine="spark", spark_df=spark_df)
+
     def table(self, name: str) -> FederatedFrame:  # noqa: F821
         """A lazy dataframe over table ``name`` (bare or ``source.table``, resolved as in SQL)."""
         from fedlab.frame import FederatedFrame
@@ -383,6 +476,8 @@ class Federation:
         sql: str,
         strategies: Sequence[str] = ("naive", "pushdown"),
         params: Mapping[str, Any] | None = None,
+        *,
+        engines: Sequence[str] | None = None,
     ) -> Comparison:
         """Run ``sql`` under each strategy; check they agree (the equality rule); tabulate cost.
 
@@ -392,6 +487,9 @@ class Federation:
         their bytes, estimated as rows × row width (column ``bytes_basis`` says which
         strategies' bytes are measured Arrow sizes and which are estimates).
         ``cmp.explain("fdw")`` is the hub's ``EXPLAIN (VERBOSE)``.
+
+        ``engines=("polars", "spark")`` runs each strategy on each engine (the runs are
+        then named ``"<strategy> @ <engine>"``; column ``engine``).
         """
         from fedlab.testing import same_result
 
@@ -403,10 +501,18 @@ class Federation:
                 "strategy 'fdw' needs an FDW hub: run fl.fdw.setup(fed, hub='postgresql://…') "
                 "first (it stores the hub as fed.fdw_hub)"
             )
+        engines = [_check_engine(e) for e in (engines or (self.engine,))]
+        runs: list[tuple[str, str, str]] = []  # (name, strategy, engine)
+        for s in strategies:
+            for e in ["hub"] if s == "fdw" else engines:
+                runs.append((s if len(engines) == 1 or s == "fdw" else f"{s} @ {e}", s, e))
         results: dict[str, Any] = {
-            s: hub.sql(sql, params) if s == "fdw" else self.sql(sql, params, strategy=s)
-            for s in strategies
+            name: hub.sql(sql, params)
+            if s == "fdw"
+            else self.sql(sql, params, strategy=s, engine=e)
+            for name, s, e in runs
         }
+        engine_of = {name: e for name, _, e in runs}
         first = next(iter(results.values()))
         rows = []
         for s, r in results.items():
@@ -415,6 +521,7 @@ class Federation:
             rows.append(
                 {
                     "strategy": s,
+                    "engine": engine_of[s],
                     "total_s": r.trace.total_s,
                     "bytes": None if basis == "unknown" else r.trace.bytes,
                     "rows": None if basis == "unknown" else r.trace.rows,

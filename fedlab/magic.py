@@ -14,8 +14,9 @@
     %%federate [options]                         the same with the SQL in the cell
     fed = %federate                              the magic's Federation
 
-    options: -o/--out NAME   --strategy S   --explain   --compare S1,S2 (or all)
-             --plot   --limit N   --timeout SECONDS   --tenant T   --no-progress   -v/--verbose
+    options: -o/--out NAME   --strategy S   --engine polars|spark   --explain
+             --compare S1,S2 (or all)   --engines E1,E2   --plot   --limit N
+             --timeout SECONDS   --tenant T   --no-progress   -v/--verbose
 
 The magic is a thin face: it splits the options from the SQL, binds ``:name``
 placeholders from the user namespace (as typed literals, through ``params=``), calls the
@@ -403,6 +404,12 @@ class Federate(Magics):
     )
     @argument("-o", "--out", metavar="NAME", help="store the result (or Comparison) as NAME")
     @argument("--strategy", metavar="S", help=f"planning strategy: {', '.join(STRATEGIES)}")
+    @argument("--engine", metavar="E", choices=("polars", "spark"), help="where the plan runs")
+    @argument(
+        "--engines",
+        metavar="E1,E2",
+        help="with --compare: run each strategy on each engine (e.g. polars,spark)",
+    )
     @argument("--explain", action="store_true", help="show the plan only; nothing runs")
     @argument(
         "--compare",
@@ -486,10 +493,20 @@ class Federate(Magics):
                 strategies = [s.strip() for s in args.compare.split(",") if s.strip()]
                 if strategies == ["all"]:
                     strategies = list(STRATEGIES)
-                result: Any = fed.compare(sql, strategies=strategies, params=params)
+                engines = [e.strip() for e in (args.engines or "").split(",") if e.strip()]
+                result: Any = fed.compare(
+                    sql, strategies=strategies, params=params, engines=engines or None
+                )
             else:
+                if args.engines:
+                    raise UsageError("--engines goes with --compare (one run: --engine E)")
                 result = fed.sql(
-                    sql, params, strategy=strategy, timeout=timeout, tenant=args.tenant
+                    sql,
+                    params,
+                    strategy=strategy,
+                    timeout=timeout,
+                    tenant=args.tenant,
+                    engine=args.engine,
                 )
         if args.limit is not None and isinstance(result, FederatedResult):
             key = id(result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -364,6 +365,11 @@ class FederatedResult:
     trace: Trace
     partial: bool = False
     missing_sources: list[str] = field(default_factory=list)
+    #: where the plan ran: ``"polars"`` (this process) or ``"spark"``
+    engine: str = "polars"
+    #: with ``engine="spark", collect=False``: the result as a Spark DataFrame (``df`` is
+    #: then empty); free its cached fragments with ``res.release()``
+    spark_df: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # the executor records fallbacks in the trace; the result says so
@@ -383,6 +389,26 @@ class FederatedResult:
         """Fragments served from the fragment cache after failing (``on_error="stale"``):
         fragment id -> age of their rows in seconds (empty: everything is fresh)."""
         return dict(self.trace.stale)
+
+    def write_parquet(self, path: str | Path, *, mode: str = "errorifexists") -> None:
+        """Write the result as Parquet: a Spark result left in Spark (``collect=False``) is
+        written by Spark's executors under ``path`` (a directory; ``mode`` as Spark's:
+        ``errorifexists``, ``overwrite``, ``append``, ``ignore``); otherwise ``df`` is
+        written to the file ``path``."""
+        if self.spark_df is not None:
+            self.spark_df.write.mode(mode).parquet(str(path))
+            return
+        if mode == "errorifexists" and Path(path).exists():
+            raise FileExistsError(f"{path} exists (mode='overwrite' replaces it)")
+        self.df.write_parquet(path)
+
+    def release(self) -> None:
+        """Free the Spark caches behind ``spark_df`` (no-op for other results)."""
+        if self.spark_df is not None:
+            from fedlab import spark as fs
+
+            fs.release(self.trace)
+            self.spark_df = None
 
     def plot(self, **kwargs: Any) -> Figure:
         """Latency waterfall and transfer volume of this query (a matplotlib Figure)."""

@@ -102,11 +102,16 @@ if ((with_servers)); then
     if [[ ! -x /usr/bin/chromium ]]; then
         missing+=(chromium)
     fi
+    # the Spark engine (fedlab.spark, tests/test_spark.py) runs pyspark on Java 17
+    command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 fi
 if ((${#missing[@]})); then
     apt_install "${missing[@]}"
 else
     log "Debian packages: all present"
+fi
+if ((with_servers)); then
+    bash "$ROOT/scripts/setup-spark.sh" # the JDBC jars Spark reads the databases with
 fi
 
 # ---------------------------------------------------------------- virtualenv

@@ -335,16 +335,20 @@ def test_timeout_option_reaches_the_engine(ip, monkeypatch):
     fed = ip.federate.federation
     real = fed.sql
 
-    def spy(sql, params=None, *, strategy=None, timeout=None, tenant=None):
+    def spy(sql, params=None, *, strategy=None, timeout=None, tenant=None, engine=None):
         seen["timeout"] = timeout
+        seen["engine"] = engine
+        # the engine is recorded, not used: the Spark engine has its own tests
         return real(sql, params, strategy=strategy, timeout=timeout, tenant=tenant)
 
     monkeypatch.setattr(fed, "sql", spy)
     ip.run_cell("%federate --timeout 12.5 SELECT 1 AS x")
-    assert seen["timeout"] == 12.5
+    assert seen["timeout"] == 12.5 and seen["engine"] is None
     ip.run_cell("%config Federate.timeout = 7.0")
     ip.run_cell("%federate SELECT 1 AS x")
     assert seen["timeout"] == 7.0
+    ip.run_cell("%federate --engine spark SELECT 1 AS x")
+    assert seen["engine"] == "spark"
 
 
 # ---------------------------------------------------------------------- parameters

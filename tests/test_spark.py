@@ -235,6 +235,47 @@ def test_collect_false_and_parquet(federations, spark_local, tmp_path: Path) -> 
     fl.testing.assert_same_result(pl.read_parquet(out / "*.parquet"), expected)
 
 
+def test_federation_engine_spark(federations, spark_local, tmp_path: Path) -> None:  # noqa: F811
+    """The user-facing switch: fed.sql(engine="spark"), Federation(engine=, spark=),
+    compare(engines=), collect=False + write_parquet, the history; errors for what Spark
+    cannot do."""
+    fed = federations(MIXED)
+    spark = spark_local()
+    sql = (
+        "SELECT p.category, COUNT(*) AS n FROM products p JOIN orders o "
+        "ON p.id = o.product_id GROUP BY p.category ORDER BY p.category"
+    )
+    local = fed.sql(sql)
+    res = fed.sql(sql, engine="spark", spark=spark)
+    assert res.engine == "spark" and local.engine == "polars"
+    fl.testing.assert_same_result(res.df, local.df, ordered=True)
+    assert len(res.trace.entries) == len(res.plan.fragments) and res.trace.total_s > 0
+    assert fed.history()["sql"].to_list()[-1] == sql  # recorded like any query
+
+    cmp = fed.compare(sql, strategies=("pushdown",), engines=("polars", "spark"))
+    assert cmp.table["strategy"].to_list() == ["pushdown @ polars", "pushdown @ spark"]
+    assert cmp.table["engine"].to_list() == ["polars", "spark"]
+    assert cmp.table["same_result"].all()
+
+    fed.spark = spark
+    kept = fed.sql(sql, engine="spark", collect=False)
+    try:
+        assert kept.df.columns == ["category", "n"] and kept.df.height == 0
+        kept.write_parquet(tmp_path / "out", mode="overwrite")
+    finally:
+        kept.release()
+    fl.testing.assert_same_result(pl.read_parquet(tmp_path / "out" / "*.parquet"), local.df)
+    local.write_parquet(tmp_path / "local.parquet")
+    fl.testing.assert_same_result(pl.read_parquet(tmp_path / "local.parquet"), local.df)
+
+    with pytest.raises(fl.ConfigError, match="local engine"):
+        fed.sql(sql, engine="spark", on_error="partial")
+    with pytest.raises(fl.ConfigError, match="unknown engine"):
+        fed.sql(sql, engine="flink")
+    with pytest.raises(fl.ConfigError, match="engine='spark' only"):
+        fed.sql(sql, collect=False)
+
+
 def test_deadline(federations, spark_local) -> None:  # noqa: F811
     from fedlab import spark as fs
 
