@@ -29,7 +29,7 @@ from collections.abc import Iterable
 
 from sqlglot import exp
 
-from fedlab.catalog import Catalog, TableInfo
+from fedlab.catalog import Catalog, TableInfo, type_family
 from fedlab.errors import PlanError
 from fedlab.sql import pushdown as rules
 from fedlab.sql.bind import BoundQuery
@@ -59,6 +59,7 @@ RULES = {
     "filters": "push single-table filters to the source",
     "joins": "run joins between tables of one source on that source",
     "implied_filters": "derive per-table filters from OR predicates",
+    "transitive_filters": "carry a.x = 5 across a join a.x = b.y to b's source as b.y = 5",
     "decorrelate": "turn correlated SUM/AVG/MIN/MAX subqueries into pushed GROUP BYs",
 }
 
@@ -448,6 +449,13 @@ class _Planner:
                     continue
                 filters[alias].append(derived)
 
+        # transitive filters: a.x = b.y (both sides preserved) and a.x = 5 (or IN (…))
+        # give b.y = 5, read at b's source; the original predicates stay where they are
+        if not {"filters", "transitive_filters"} & set(self.off):
+            self._transitive_filters(
+                where_conj + [c for _, c in inner_on], by_alias, nullable, filters
+            )
+
         # same-source joins (inner-join scopes only)
         groups: list[list[str]] = []
         join_preds: dict[int, list[exp.Expression]] = {}
@@ -493,6 +501,45 @@ class _Planner:
             table.replace(_frame(frag.id, alias))
         if not outer:
             _reorder_joins(select, self._estimates() if self.strategy == "auto" else None)
+
+    def _transitive_filters(
+        self,
+        candidates: list[exp.Expression],
+        by_alias: dict[str, exp.Table],
+        nullable: set[str],
+        filters: dict[str, list[exp.Expression]],
+    ) -> None:
+        edges: list[tuple[exp.Column, exp.Column]] = []
+        for c in candidates:
+            if not (
+                isinstance(c, exp.EQ)
+                and isinstance(c.this, exp.Column)
+                and isinstance(c.expression, exp.Column)
+            ):
+                continue
+            a, b = c.this.table, c.expression.table
+            if a == b or a not in by_alias or b not in by_alias or {a, b} & nullable:
+                continue
+            if _column_family(by_alias[a], c.this.name) != _column_family(
+                by_alias[b], c.expression.name
+            ):
+                continue  # 5 = text column would not even compare on PostgreSQL
+            edges.append((c.this, c.expression))
+        for _ in range(2):  # a chain a = b = c: two hops
+            for left, right in edges:
+                for src, dst in ((left, right), (right, left)):
+                    for f in list(filters[src.table]):
+                        derived = _transfer_filter(f, src, dst)
+                        if derived is None or any(derived == g for g in filters[dst.table]):
+                            continue
+                        if blocker(derived, self._kind(by_alias[dst.table])):
+                            continue
+                        filters[dst.table].append(derived)
+                        self.notes.append(
+                            f"filter {derived.sql(dialect='postgres')} implied by "
+                            f"{f.sql(dialect='postgres')} and the join "
+                            f"{src.sql(dialect='postgres')} = {dst.sql(dialect='postgres')}"
+                        )
 
     def _join_fragment(
         self,
@@ -929,6 +976,37 @@ def _decimals_as_double(tree: exp.Query, columns: list[tuple[str, exp.DataType]]
             continue
         if isinstance(proj, exp.Alias) and not isinstance(proj.this, exp.Cast):
             proj.set("this", exp.Cast(this=proj.this, to=_DOUBLE.copy()))
+
+
+def _column_family(table: exp.Table, column: str) -> str | None:
+    info = table.meta.get("fedlab_table")
+    col = info.column(column) if info is not None else None
+    return type_family(col.type) if col is not None else None
+
+
+def _same_column(a: exp.Expression, b: exp.Column) -> bool:
+    return isinstance(a, exp.Column) and a.table == b.table and a.name == b.name
+
+
+def _transfer_filter(f: exp.Expression, src: exp.Column, dst: exp.Column) -> exp.Expression | None:
+    """``src = <literal>`` / ``<literal> = src`` / ``src IN (<literals>)`` as the same
+    predicate on ``dst`` (None for any other shape)."""
+    if isinstance(f, exp.EQ):
+        col, value = f.this, f.expression
+        if not _same_column(col, src):
+            col, value = value, col
+        if _same_column(col, src) and isinstance(value, exp.Literal):
+            return exp.EQ(this=dst.copy(), expression=value.copy())
+        return None
+    if (
+        isinstance(f, exp.In)
+        and _same_column(f.this, src)
+        and not f.args.get("query")
+        and f.expressions
+        and all(isinstance(v, exp.Literal) for v in f.expressions)
+    ):
+        return exp.In(this=dst.copy(), expressions=[v.copy() for v in f.expressions])
+    return None
 
 
 def _implied_filter(disjunction: exp.Or, alias: str) -> exp.Expression | None:
