@@ -26,6 +26,7 @@ EXPECTED = [
     "07_performance",
     "08_failures",
     "09_transactions",
+    "10_implementations",
 ]
 ALL = sorted({p.stem for p in NOTEBOOKS.glob("*.ipynb")} | set(EXPECTED))
 
