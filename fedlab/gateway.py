@@ -344,7 +344,8 @@ class QueryRecord:
     sql: str
     params: dict[str, Any]
     keys: int
-    seconds: float
+    seconds: float  # fed.sql's own time (in its worker thread)
+    queued: float  # waiting for a worker thread first
     rows: int
     moved_rows: int
     bytes: int
@@ -357,6 +358,7 @@ class QueryRecord:
             "params": {k: _jsonable(v) for k, v in self.params.items()},
             "keys": self.keys,
             "seconds": round(self.seconds, 6),
+            "queued_s": round(self.queued, 6),
             "rows": self.rows,
             "moved_rows": self.moved_rows,
             "bytes": self.bytes,
@@ -484,7 +486,7 @@ def _filter_params(filters: Iterable[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _order_sql(table: _Table) -> str:
-    cols = table.key or [c.name for c in table.columns if c.family != "unknown"][:1]
+    cols = table.key or [c.name for c in table.columns if c.family != "unknown"]
     return (" ORDER BY " + ", ".join(f"t.{_q(c)}" for c in cols)) if cols else ""
 
 
@@ -525,9 +527,16 @@ class _Request:
     ) -> list[dict[str, Any]]:
         """``fed.sql(sql, params)`` in a worker thread; logged; rows as dicts."""
         fed = self.gateway.fed
-        t0 = time.monotonic()
-        res = await asyncio.to_thread(fed.sql, sql, params)
-        seconds = time.monotonic() - t0
+        asked = time.monotonic()
+        began: list[float] = []
+
+        def timed() -> Any:
+            began.append(time.monotonic())
+            return fed.sql(sql, params)
+
+        res = await asyncio.to_thread(timed)
+        done = time.monotonic()
+        seconds, queued = done - began[0], began[0] - asked
         tr = res.trace
         record = QueryRecord(
             field=label,
@@ -535,6 +544,7 @@ class _Request:
             params=params,
             keys=keys,
             seconds=seconds,
+            queued=queued,
             rows=res.df.height,
             moved_rows=tr.rows,
             bytes=tr.bytes,
@@ -773,8 +783,8 @@ class Gateway:
             declared = {(c.qualified, cc.name) for c, cc, _p, _pc, _h in found}
             for child in self._tables:
                 for ccol in child.columns:
-                    m = re.fullmatch(r"(.+?)_?id", ccol.name, flags=re.I)
-                    if m is None or not ccol.name.lower().endswith("_id"):
+                    m = re.fullmatch(r"(.+)_id", ccol.name, flags=re.I)
+                    if m is None:
                         continue
                     if (child.qualified, ccol.name) in declared:
                         continue
@@ -787,8 +797,9 @@ class Gateway:
                     if len(cands) != 1:
                         continue
                     parent = cands[0]
-                    pkey = parent.key if len(parent.key) == 1 else []
-                    pcol = parent.column(pkey[0]) if pkey else parent.column("id")
+                    if len(parent.key) > 1:
+                        continue  # a composite key: no single column to reference
+                    pcol = parent.column(parent.key[0] if parent.key else "id")
                     if pcol is None or pcol.family != ccol.family:
                         continue
                     if parent is child and pcol.name == ccol.name:
@@ -843,7 +854,7 @@ class Gateway:
                 args=self._list_args(table),
                 resolve=self._resolve_list(table),
                 description=f"Rows of {table.qualified}, ordered by "
-                + (", ".join(table.key) if table.key else "its first column")
+                + (", ".join(table.key) if table.key else "all its columns")
                 + "; each column argument is an equality filter (null: IS NULL). Null (with "
                 "an error) when a source fails.",
             )

@@ -626,3 +626,38 @@ def test_sharded_logical_table(pg_database, demo_dir: Path, tmp_path: Path) -> N
     fl.testing.assert_same_result(
         flatten_user_orders(out["data"]["users"], "u_id", "u_name", "id", "total"), exp
     )
+
+
+def test_awkward_names_and_big_integers(tmp_path: Path) -> None:
+    """Same table name in two sources, column names GraphQL does not allow, a column named
+    like a list argument, a table without a primary key, integers beyond 2^53."""
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    con = sqlite3.connect(a)
+    con.executescript(
+        'CREATE TABLE users (id INTEGER PRIMARY KEY, "first name" TEXT, "2fa" INTEGER, '
+        "big INTEGER);"
+        "INSERT INTO users VALUES (1, 'Ann', 1, 4611686018427387904), (2, 'Bo', 0, -5);"
+        "CREATE TABLE log (msg TEXT, \"limit\" INTEGER); INSERT INTO log VALUES ('hi', 3);"
+    )
+    con.close()
+    con = sqlite3.connect(b)
+    con.executescript("CREATE TABLE users (id INTEGER PRIMARY KEY); INSERT INTO users VALUES (7);")
+    con.close()
+    fed = fl.Federation()
+    fed.attach("a", f"sqlite:///{a}")
+    fed.attach("b", f"sqlite:///{b}")
+    gw = Gateway(fed)
+    assert {t["type"] for t in gw.tables()} == {"AUser", "BUser", "Log"}
+    out = gw.execute(
+        '{ a_users(first_name: "Ann") { id first_name _2fa big } b_user(id: 7) { id } '
+        "logList { msg } }"
+    )
+    assert "errors" not in out, out
+    assert out["data"]["a_users"] == [
+        {"id": 1, "first_name": "Ann", "_2fa": 1, "big": "4611686018427387904"}
+    ]
+    assert out["data"]["b_user"] == {"id": 7} and out["data"]["logList"] == [{"msg": "hi"}]
+    assert "log(" not in gw.sdl  # no primary key: no one-row field
+    assert "limit: BigInt" not in gw.sdl  # the column named limit is left out
+    small = gw.execute('{ a_users(big: "4611686018427387904") { id } }')
+    assert small["data"]["a_users"] == [{"id": 1}]
