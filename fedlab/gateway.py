@@ -729,9 +729,10 @@ class Gateway:
                     _Column(c.name, field, scalar_for(c.type), c.nullable, type_family(c.type))
                 )
             key = [k for k in info.primary_key if any(c.name == k for c in columns)]
-            if len(key) != len(info.primary_key) or not key:
-                key = key if len(key) == len(info.primary_key) else []
-                one_field = None if not key else one_field
+            if len(key) != len(info.primary_key):
+                key = []  # a key column was left out: no lookup by key
+            if not key:
+                one_field = None
             tables.append(
                 _Table(source, info.name, info, type_name, one_field, list_field, columns, key)
             )
