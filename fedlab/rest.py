@@ -952,6 +952,34 @@ def _frame(rows: list[dict], columns: Sequence[tuple[str, str]]) -> pl.DataFrame
     return df.with_columns(casts) if casts else df
 
 
+@functools.lru_cache(maxsize=512)
+def _decimal_type(declared: str) -> str | None:
+    """``DECIMAL(p, s)`` for a column declared as a decimal of stated precision (p <= 38),
+    else None.
+
+    fedlab computes decimals as float64, so the fetched rows hold floats; the fragment's
+    SQL still sees the declared decimal, so DuckDB computes over it as PostgreSQL computes
+    over a NUMERIC (``CAST(994.5 AS INTEGER)`` is 995, not the float cast's 994).
+
+    >>> _decimal_type("DECIMAL(10, 2)"), _decimal_type("numeric(5)"), _decimal_type("DECIMAL")
+    ('DECIMAL(10, 2)', 'DECIMAL(5, 0)', None)
+    """
+    if "(" not in declared:
+        return None  # no stated precision (PostgreSQL's NUMERIC is unbounded)
+    try:
+        t = exp.DataType.build(declared, dialect="duckdb")
+        p, *rest = (int(e.name) for e in t.expressions)
+    except Exception:
+        return None
+    s = rest[0] if rest else 0
+    ok = t.this == exp.DataType.Type.DECIMAL and 1 <= p <= 38 and 0 <= s <= p
+    return f"DECIMAL({p}, {s})" if ok else None
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 #: idle in-memory DuckDB connections (opening one costs ~10 ms; each fetch borrows one)
 _DUCKDB_IDLE: queue.SimpleQueue = queue.SimpleQueue()
 _DUCKDB_KEEP = 4
@@ -994,8 +1022,18 @@ def _run_local(
             timer = threading.Timer(left, con.interrupt)
             timer.daemon = True
             timer.start()
-        con.register(table, df.to_arrow())
+        decimals = {
+            n: d for n, d in ((n, _decimal_type(t)) for n, t in _state(source).columns) if d
+        }
+        raw = f"__fedlab_rest_{table}" if decimals else table
+        con.register(raw, df.to_arrow())
         try:
+            if decimals:  # the declared decimals, as a view named like the table
+                casts = ", ".join(f"CAST({_q(n)} AS {d}) AS {_q(n)}" for n, d in decimals.items())
+                con.execute(
+                    f"CREATE OR REPLACE TEMP VIEW {_q(table)} AS "
+                    f"SELECT * REPLACE ({casts}) FROM {_q(raw)}"
+                )
             return con.execute(limit_sql(fragment.sql, max_rows)).to_arrow_table()
         except Exception:
             if timer is not None and not timer.is_alive():
@@ -1007,7 +1045,10 @@ def _run_local(
         finally:
             if timer is not None:
                 timer.cancel()
-            con.unregister(table)
+            if decimals:
+                with contextlib.suppress(Exception):  # an interrupted connection is dropped
+                    con.execute(f"DROP VIEW IF EXISTS {_q(table)}")
+            con.unregister(raw)
 
 
 def read_fragment(fragment: Any, source: Any, deadline: float | None = None) -> Any:

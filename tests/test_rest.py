@@ -209,6 +209,33 @@ def test_filters_on_undeclared_columns_stay_local(fresh, oracle_db) -> None:
     assert served(fresh, "orders") == ["page=1&per_page=1000"]
 
 
+def test_declared_decimals_are_computed_as_decimals(fresh) -> None:
+    """A column declared DECIMAL(10, 2) stays a decimal in the fragment's SQL run by DuckDB,
+    so a cast to INTEGER rounds halves away from zero, as PostgreSQL's NUMERIC cast (a
+    float cast rounds 1514.5 to even: 1514); answers still arrive as floats."""
+    from decimal import ROUND_HALF_UP, Decimal
+
+    fed = fresh.federation()
+    balances = dict(fed.sql("SELECT id, balance FROM users").df.iter_rows())
+    halves = [i for i, b in balances.items() if b is not None and abs(b) % 1 == 0.5]
+    assert any(int(abs(balances[i])) % 2 == 0 for i in halves)  # where half-even differs
+    expected = pl.DataFrame(
+        [
+            (i, None if b is None else int(Decimal(str(b)).quantize(Decimal(1), ROUND_HALF_UP)))
+            for i, b in balances.items()
+        ],
+        schema=["id", "b"],
+        orient="row",
+    )
+    sql = "SELECT id, CAST(balance AS INTEGER) AS b FROM users ORDER BY id"
+    for strategy in ("naive", "pushdown", "auto"):
+        res = fed.sql(sql, strategy=strategy)
+        fl.testing.assert_same_result(res.df, expected, ordered=True)
+    res = fed.sql("SELECT sum(balance) AS s, max(balance) AS m FROM users", strategy="pushdown")
+    assert res.df.schema == {"s": pl.Float64, "m": pl.Float64}
+    assert res.df["s"][0] == pytest.approx(sum(b for b in balances.values() if b is not None))
+
+
 def test_pushdown_params_rules() -> None:
     cols = [("id", "BIGINT"), ("status", "TEXT"), ("active", "BOOLEAN"), ("total", "DOUBLE")]
     filters = {"id": "id", "status": "state", "active": "active", "total": "total"}
