@@ -36,13 +36,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import tempfile
 import threading
 import time
+import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,10 +84,12 @@ __all__ = [
     "DRIVERS",
     "JAR_DIR",
     "SPARK_PARTITION_MIN_ROWS",
+    "LocalCluster",
     "SparkUnavailableError",
     "execute",
     "find_jars",
     "jdbc_options",
+    "local_cluster",
     "release",
     "session",
     "spark_partition",
@@ -253,6 +262,321 @@ def session(
             ) from None
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+# ---------------------------------------------------------------------------- local cluster
+#: the standalone daemons' main classes (shipped in the pyspark package's jars)
+_MASTER_CLASS = "org.apache.spark.deploy.master.Master"
+_WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
+
+
+def _spark_class() -> Path:
+    """pyspark's own ``bin/spark-class`` (the launcher of Spark's JVM daemons)."""
+    try:
+        import pyspark
+    except ImportError:
+        raise SparkUnavailableError(
+            "a local Spark cluster needs pyspark: pip install 'pyspark>=4' (Java 17 too)"
+        ) from None
+    path = Path(pyspark.__file__).parent / "bin" / "spark-class"
+    if not path.is_file():
+        raise SparkUnavailableError(f"{path} is missing from the pyspark package (reinstall it)")
+    if shutil.which("bash") is None:
+        raise SparkUnavailableError("a local Spark cluster needs bash (spark-class is a script)")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _log_tail(path: Path, lines: int = 8) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    keep = [ln for ln in text.splitlines() if ln.strip()][-lines:]
+    return redact("\n    ".join(keep))
+
+
+class LocalCluster:
+    """A Spark standalone cluster on 127.0.0.1: one master and ``workers`` workers, each a
+    JVM started from pyspark's own ``bin/spark-class`` in a session of its own (so that
+    stopping it also stops the executors it launched). Made and started by
+    :func:`local_cluster`; see there.
+
+    Attributes:
+        url: the master URL, ``spark://127.0.0.1:PORT``.
+        ui_url: the master's web UI (``http://127.0.0.1:PORT``; its ``/json/`` lists the
+            workers).
+        log_dir: where the daemons' logs (``master.log``, ``worker<i>.log``) and the
+            workers' work directories (executors' stdout/stderr) are.
+        startup_s: seconds from the first launch to every worker registered.
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: int = 2,
+        cores: int = 1,
+        memory: str = "512m",
+        log_dir: str | os.PathLike[str] | None = None,
+        timeout: float = 90.0,
+    ) -> None:
+        if not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"workers must be a positive integer, not {workers!r}")
+        if not isinstance(cores, int) or cores < 1:
+            raise ConfigError(f"cores must be a positive integer, not {cores!r}")
+        if not str(memory).strip() or not str(memory).strip()[0].isdigit():
+            raise ConfigError(f"memory must look like '512m' or '2g', not {memory!r}")
+        if not timeout or timeout <= 0:
+            raise ConfigError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        self.workers, self.cores, self.memory, self.timeout = workers, cores, str(memory), timeout
+        self._own_dir = log_dir is None
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.url = ""
+        self.ui_url = ""
+        self.startup_s: float | None = None
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[Any] = []
+        self._finalizer: weakref.finalize | None = None
+
+    # -- life cycle
+    def start(self) -> LocalCluster:
+        """Launch the master, wait for its port, launch the workers, wait until they are
+        all registered with the master (``timeout`` seconds in all).
+
+        Raises:
+            SparkUnavailableError: Java or pyspark is missing, a daemon exited, or the
+                cluster was not up within ``timeout`` (the message has the log's tail);
+                whatever started is stopped first.
+        """
+        if self._procs:
+            return self
+        _check_java()
+        spark_class = _spark_class()
+        if self.log_dir is None:
+            self.log_dir = Path(tempfile.mkdtemp(prefix="fedlab-spark-cluster-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "SPARK_LOCAL_IP": "127.0.0.1",
+            "SPARK_HOME": str(spark_class.parent.parent),
+            "SPARK_LOG_DIR": str(self.log_dir),
+            "SPARK_NO_DAEMONIZE": "1",
+        }
+        env.pop("SPARK_CONF_DIR", None)  # the user's cluster settings are not this cluster's
+        # no REST submission server: it would take the fixed port 6066
+        env["SPARK_MASTER_OPTS"] = (
+            env.get("SPARK_MASTER_OPTS", "") + " -Dspark.master.rest.enabled=false"
+        ).strip()
+        self._finalizer = weakref.finalize(self, _stop_processes, self._procs, self._logs)
+        t0 = time.monotonic()
+        deadline = t0 + self.timeout
+        try:
+            port, ui_port = _free_port(), _free_port()
+            self.url = f"spark://127.0.0.1:{port}"
+            self.ui_url = f"http://127.0.0.1:{ui_port}"
+            self._launch(
+                "master",
+                spark_class,
+                env,
+                _MASTER_CLASS,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--webui-port",
+                str(ui_port),
+            )
+            self._wait(lambda: _listening(port), deadline, "the master to listen on " + self.url)
+            for i in range(self.workers):
+                self._launch(
+                    f"worker{i}",
+                    spark_class,
+                    env,
+                    _WORKER_CLASS,
+                    "--host",
+                    "127.0.0.1",
+                    "--cores",
+                    str(self.cores),
+                    "--memory",
+                    self.memory,
+                    "--webui-port",
+                    "0",  # any free port: nothing here reads the workers' pages
+                    "--work-dir",
+                    str(self.log_dir / f"work{i}"),
+                    self.url,
+                )
+            self._wait(
+                lambda: self.alive_workers() >= self.workers,
+                deadline,
+                f"{self.workers} worker(s) to register with the master",
+            )
+        except BaseException:
+            self.close()
+            raise
+        self.startup_s = time.monotonic() - t0
+        return self
+
+    def close(self) -> None:
+        """Stop every daemon (and so the executors they launched): SIGTERM to each one's
+        process group, workers first, then SIGKILL to what is left after 15 s. Idempotent;
+        also run when the object is collected or the interpreter exits."""
+        if self._finalizer is not None:
+            self._finalizer()  # calls _stop_processes once
+        if self._own_dir and self.log_dir is not None and self.log_dir.exists():
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+    def __enter__(self) -> str:
+        return self.start().url
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return (
+            f"LocalCluster({self.url or 'not started'}, {self.workers} workers × "
+            f"{self.cores} core(s) / {self.memory}, {state})"
+        )
+
+    # -- state
+    @property
+    def running(self) -> bool:
+        """True while every daemon started is alive."""
+        return bool(self._procs) and all(p.poll() is None for p in self._procs.values())
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """The daemons' process ids by role: ``master``, ``worker0``, ``worker1``… (the
+        executors are children of the workers)."""
+        return {role: p.pid for role, p in self._procs.items()}
+
+    def alive_workers(self) -> int:
+        """Workers the master lists as ALIVE (from its web UI's ``/json/``); 0 when the
+        master does not answer."""
+        try:
+            # no proxy: the page is on loopback, whatever http_proxy says
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(self.ui_url + "/json/", timeout=2) as r:
+                state = json.loads(r.read().decode())
+        except (OSError, ValueError):
+            return 0
+        return sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
+
+    # -- helpers
+    def _launch(self, role: str, spark_class: Path, env: dict[str, str], *args: str) -> None:
+        assert self.log_dir is not None
+        log = open(self.log_dir / f"{role}.log", "wb")  # noqa: SIM115 (closed by close())
+        self._logs.append(log)
+        self._procs[role] = subprocess.Popen(
+            [str(spark_class), *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped with its executors
+        )
+
+    def _wait(self, ready: Callable[[], bool], deadline: float, what: str) -> None:
+        while True:
+            for role, p in self._procs.items():
+                if p.poll() is not None:
+                    raise SparkUnavailableError(
+                        f"the local Spark cluster's {role} exited with status {p.returncode} "
+                        f"while waiting for {what}; its log:\n    "
+                        + _log_tail(self._log_path(role))
+                    )
+            if ready():
+                return
+            if time.monotonic() >= deadline:
+                tails = "\n  ".join(
+                    f"{role}: " + _log_tail(self._log_path(role), 3) for role in self._procs
+                )
+                raise SparkUnavailableError(
+                    f"the local Spark cluster did not start within {self.timeout:g} s (waiting "
+                    f"for {what}); logs in {self.log_dir}:\n  {tails}"
+                )
+            time.sleep(0.2)
+
+    def _log_path(self, role: str) -> Path:
+        assert self.log_dir is not None
+        return self.log_dir / f"{role}.log"
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _stop_processes(procs: dict[str, subprocess.Popen[bytes]], logs: list[Any]) -> None:
+    """SIGTERM to each daemon's process group (workers before the master), wait, then
+    SIGKILL; close the logs. The groups are the ones :meth:`LocalCluster._launch` made."""
+    order = sorted(procs.items(), key=lambda kv: kv[0] == "master")
+    for _, p in order:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGTERM)
+    end = time.monotonic() + 15
+    for _, p in order:
+        try:
+            p.wait(max(end - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(5)
+    for log in logs:
+        with contextlib.suppress(OSError):
+            log.close()
+    logs.clear()
+
+
+def local_cluster(
+    workers: int = 2,
+    cores: int = 1,
+    memory: str = "512m",
+    log_dir: str | os.PathLike[str] | None = None,
+    *,
+    timeout: float = 90.0,
+) -> LocalCluster:
+    """Start a Spark standalone cluster on this machine's loopback and return it, running.
+
+    One master and ``workers`` workers (``cores`` cores and ``memory`` each), launched
+    from pyspark's ``bin/spark-class`` with ``SPARK_LOCAL_IP=127.0.0.1``: nothing listens
+    on another interface. Returns once every worker is registered with the master. Use it
+    as a context manager (it yields the master URL and stops the cluster at the end) or
+    keep the object (``.url``, ``.close()``)::
+
+        with fl.spark.local_cluster(workers=2) as url:
+            spark = fl.spark.session(url, conf={"spark.executor.memory": "512m"})
+            ...
+            spark.stop()
+
+        cluster = fl.spark.local_cluster()
+        cluster.url        # 'spark://127.0.0.1:PORT'
+        cluster.close()
+
+    Args:
+        workers: worker daemons (each one runs one executor per application).
+        cores, memory: what each worker offers (an application's ``spark.executor.memory``
+            must fit in ``memory``).
+        log_dir: where the daemons' logs and the workers' work directories go (default: a
+            temporary directory, removed by ``close()``).
+        timeout: seconds for the whole start-up (master up and every worker registered).
+
+    Raises:
+        SparkUnavailableError: pyspark or Java is missing, a daemon exited during start-up,
+            or the cluster was not up within ``timeout``; what had started is stopped.
+        ConfigError: a bad argument.
+    """
+    return LocalCluster(
+        workers=workers, cores=cores, memory=memory, log_dir=log_dir, timeout=timeout
+    ).start()
 
 
 # ---------------------------------------------------------------------------- JDBC

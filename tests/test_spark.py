@@ -21,11 +21,8 @@ without them the tests skip with the reason, except under ``CI=true`` or
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -325,105 +322,46 @@ def test_missing_jars_named(tmp_path: Path, monkeypatch) -> None:
 
 
 # ------------------------------------------------------------------ a real cluster
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, timeout: float, procs: list[subprocess.Popen]) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"a Spark daemon exited with {p.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
-
-
 @pytest.fixture
-def standalone_cluster(tmp_path: Path) -> Iterator[str]:
+def standalone_cluster(tmp_path: Path) -> Iterator[object]:
     """A standalone master and two workers (1 core, 512 MB each) on 127.0.0.1, from
-    pyspark's own ``spark-class``; yields the master URL, stops them afterwards."""
+    pyspark's own ``spark-class`` (:func:`fedlab.spark.local_cluster`); yields the running
+    :class:`~fedlab.spark.LocalCluster`, stops it afterwards and checks nothing is left."""
     _check_spark_installed()
-    import pyspark
-
-    spark_class = Path(pyspark.__file__).parent / "bin" / "spark-class"
-    if not spark_class.is_file():
-        _unavailable(f"{spark_class} is missing from the pyspark package")
-    env = {
-        **os.environ,
-        "SPARK_LOCAL_IP": "127.0.0.1",
-        "SPARK_HOME": str(spark_class.parent.parent),
-        "SPARK_LOG_DIR": str(tmp_path / "logs"),
-        "SPARK_NO_DAEMONIZE": "1",
-    }
-    port = _free_port()
-    master = f"spark://127.0.0.1:{port}"
-    procs: list[subprocess.Popen] = []
-    logs = []
-
-    def start(name: str, *args: str) -> None:
-        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 (closed below)
-        logs.append(log)
-        procs.append(
-            subprocess.Popen(
-                [str(spark_class), *args],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
+    from fedlab import spark as fs
 
     try:
-        start(
-            "master",
-            "org.apache.spark.deploy.master.Master",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--webui-port",
-            str(_free_port()),
-        )
-        _wait_port(port, 60, procs)
-        for i in range(2):
-            start(
-                f"worker{i}",
-                "org.apache.spark.deploy.worker.Worker",
-                "--host",
-                "127.0.0.1",
-                "--cores",
-                "1",
-                "--memory",
-                "512m",
-                "--webui-port",
-                str(_free_port()),
-                "--work-dir",
-                str(tmp_path / f"work{i}"),
-                master,
-            )
-        yield master
+        fs._spark_class()
+    except fs.SparkUnavailableError as e:
+        _unavailable(str(e))
+    cluster = fs.local_cluster(workers=2, cores=1, memory="512m", log_dir=tmp_path / "logs")
+    try:
+        yield cluster
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        for log in logs:
-            log.close()
+        cluster.close()
+    assert all(p.poll() is not None for p in cluster._procs.values())
+    assert not cluster.running and "stopped" in repr(cluster)
+    cluster.close()  # idempotent
+    assert (tmp_path / "logs" / "master.log").is_file()  # a log_dir the caller gave stays
+
+
+def test_local_cluster_errors(monkeypatch, tmp_path: Path) -> None:
+    _check_spark_installed()
+    from fedlab import spark as fs
+
+    with pytest.raises(fl.ConfigError, match="workers"):
+        fs.local_cluster(workers=0)
+    with pytest.raises(fl.ConfigError, match="memory"):
+        fs.local_cluster(memory="lots")
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java anywhere
+    with pytest.raises(fs.SparkUnavailableError, match="Java 17") as e:
+        fs.local_cluster()
+    assert isinstance(e.value, fl.FedlabError)
 
 
 def test_standalone_cluster_join(
-    standalone_cluster: str,
+    standalone_cluster,
     federations,  # noqa: F811
     reference,  # noqa: F811
     spark_local,
@@ -431,9 +369,13 @@ def test_standalone_cluster_join(
     """The same plan on a real cluster: two workers on loopback read and join the fragments."""
     from fedlab import spark as fs
 
+    cluster = standalone_cluster
+    assert re.fullmatch(r"spark://127\.0\.0\.1:\d+", cluster.url), cluster.url
+    assert cluster.running and cluster.alive_workers() == 2 and cluster.startup_s > 0
+    assert set(cluster.pids) == {"master", "worker0", "worker1"}
     _stop_active()  # one SparkContext per process: the local one is restarted later
     spark = fs.session(
-        standalone_cluster,
+        cluster.url,
         app_name="fedlab-test-cluster",
         conf={"spark.executor.memory": "512m", "spark.cores.max": "2"},
     )
@@ -455,7 +397,7 @@ def test_standalone_cluster_join(
         ok, why = fl.testing.same_result(df, reference(name), ordered=is_ordered(QUERIES[name]))
         assert ok, f"{name} on the standalone cluster:\n{why}\n\nplan:\n{plan}"
         assert len(trace.entries) == len(plan.fragments) >= 2
-        assert sc.master == standalone_cluster
+        assert sc.master == cluster.url
     finally:
         spark.stop()
 
