@@ -65,7 +65,7 @@ from fedlab.sql.plan import Fragment, Plan
 
 def __getattr__(name: str):
     # submodules used as namespaces (fl.demo.federation(), fl.testing.assert_same_result)
-    if name in ("demo", "testing", "load", "apis", "fdw", "gateway"):
+    if name in ("demo", "testing", "load", "apis", "fdw", "gateway", "spark", "viz", "rest"):
         import importlib
 
         return importlib.import_module(f"fedlab.{name}")

@@ -337,3 +337,18 @@ def test_architecture_doc_names_files_that_exist() -> None:
     assert len(paths) >= 10, "docs/architecture.md should say which file does what"
     missing = sorted(p for p in paths if not (ROOT / p).is_file())
     assert not missing, f"docs/architecture.md names files that do not exist: {missing}"
+
+
+@pytest.mark.parametrize(
+    "name", ["demo", "testing", "load", "apis", "fdw", "gateway", "spark", "viz", "rest"]
+)
+def test_submodules_are_namespaces_of_the_package(name: str) -> None:
+    """``fl.spark.session()``, ``fl.fdw.setup()``…: the names the docs and notebooks use,
+    imported on first use (pyspark and the web stack stay unimported until then)."""
+    import importlib
+
+    import fedlab as fl
+
+    assert getattr(fl, name) is importlib.import_module(f"fedlab.{name}")
+    with pytest.raises(AttributeError, match="no attribute 'sparks'"):
+        fl.sparks  # noqa: B018
