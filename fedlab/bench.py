@@ -24,6 +24,11 @@ comparisons differ from PostgreSQL's.
 databases (two PostgreSQL, two MariaDB), declared with ``fed.shard`` and compared with a
 hand-written ``UNION ALL`` and the monolith (see :func:`run_sharded`).
 
+``--engines polars,spark-local,spark-standalone`` runs the engines benchmark instead: the
+same TPC-H placement under ``auto`` through the local Polars engine and the Spark engine
+(``local[2]`` and a two-worker standalone cluster), each in a fresh process, with peak
+memory (see :mod:`fedlab.bench_engines`).
+
 Run it with ``python -m fedlab.bench --sf 0.1`` (or ``python bench/tpch.py``); see
 ``--help`` and ``docs/benchmarks.md``.
 
@@ -403,8 +408,25 @@ def build_parser() -> argparse.ArgumentParser:
             "sharded benchmark's PREFIX_shard_*) and exit; the cache directory stays"
         ),
     )
+    p.add_argument(
+        "--engines",
+        type=_argtype(_parse_engines),
+        default=None,
+        metavar="E1,E2",
+        help=(
+            "run the engines benchmark instead: TPC-H under one strategy (default auto) on "
+            "each engine, each in a fresh process, with peak memory: polars, spark-local, "
+            "spark-standalone (or all); see fedlab.bench_engines"
+        ),
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
+
+
+def _parse_engines(spec: str) -> list[str]:
+    from fedlab.bench_engines import parse_engines
+
+    return parse_engines(spec)
 
 
 @dataclass
@@ -2247,7 +2269,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     strategies = args.strategies
     if strategies is None:
-        strategies = ["auto"] if args.sharded else list(available_strategies())
+        one = args.sharded or args.engines
+        strategies = ["auto"] if one else list(available_strategies())
+    if args.engines and len(strategies) != 1:
+        build_parser().error("--engines runs one strategy: give at most one to --strategies")
     cfg = BenchConfig(
         sf=args.sf,
         queries=args.queries,
@@ -2272,6 +2297,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.sharded:
         return _main_sharded(cfg, args, argv, log)
+    if args.engines:
+        from fedlab.bench_engines import main_engines
+
+        return main_engines(cfg, args.engines, args, argv, log)
     started = dt.datetime.now(dt.UTC)
     load_start = _load()
     data, queries = load_tpch(cfg.sf, cfg.data_dir, log=log)

@@ -218,3 +218,199 @@ def test_sharded_benchmark_end_to_end(
         assert shard["point"]["shards_read"] == 1
         assert shard["aggregate"]["shards_read"] == 4
     assert (tmp_path / "w.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------- engines
+def test_engines_option_parses() -> None:
+    from fedlab import bench_engines as be
+
+    assert be.parse_engines("all") == list(be.ENGINES)
+    assert be.parse_engines("spark-local,polars, spark-local") == ["spark-local", "polars"]
+    with pytest.raises(ValueError, match="unknown engine 'flink'"):
+        be.parse_engines("flink")
+    args = bench.build_parser().parse_args(["--engines", "polars,spark-standalone"])
+    assert args.engines == ["polars", "spark-standalone"]
+    assert bench.build_parser().parse_args([]).engines is None
+    with pytest.raises(SystemExit):  # one strategy per engines run, refused before any work
+        bench.main(["--engines", "polars", "--strategies", "naive,auto"])
+
+
+def _engine_row(q: int, engine: str, seconds: float | None, **kw) -> dict:
+    return {
+        "query": q,
+        "engine": engine,
+        "correct": kw.get("correct", None if engine == "monolith" else True),
+        "seconds": seconds,
+        "rows": 10,
+        "bytes": 1000,
+        "fragments": 2,
+        "python_rss": kw.get("py", 200 * 2**20),
+        "jvm_rss": kw.get("jvm"),
+        "error": kw.get("error"),
+        "detail": kw.get("detail"),
+    }
+
+
+def _engine_results() -> tuple[pl.DataFrame, dict]:
+    from fedlab import bench_engines as be
+
+    rows = []
+    for q, (mono, local, spark, cluster) in {
+        1: (0.1, 0.2, 2.0, 4.0),
+        2: (0.1, 0.1, 0.4, 0.2),
+    }.items():
+        rows += [
+            _engine_row(q, "monolith", mono),
+            _engine_row(q, "polars", local, py=(150 + q) * 2**20),
+            _engine_row(q, "spark-local", spark, py=180 * 2**20, jvm=600 * 2**20),
+            _engine_row(q, "spark-standalone", cluster, py=190 * 2**20, jvm=1200 * 2**20),
+        ]
+    rows += [
+        _engine_row(3, "monolith", 0.1),
+        _engine_row(3, "polars", 0.5, py=150 * 2**20),
+        _engine_row(
+            3, "spark-local", 1.0, correct=False, detail="row 2 differs", py=180 * 2**20, jvm=1
+        ),
+        _engine_row(3, "spark-standalone", None, correct=None, error="FragmentError: boom", py=1),
+    ]
+    info = {
+        "polars": {"startup": {"warmup_s": 0.1}, "peak": {"python": 160 * 2**20}},
+        "spark-local": {
+            "startup": {"session_s": 9.0, "warmup_s": 12.0},
+            "peak": {"python": 185 * 2**20, "driver": 700 * 2**20},
+            "high_water": {"python": 190 * 2**20, "driver": 650 * 2**20},
+        },
+        "spark-standalone": {
+            "startup": {"cluster_s": 10.0, "session_s": 15.0, "warmup_s": 17.0},
+            "peak": {"driver": 690 * 2**20, "executors": 700 * 2**20, "daemons": 690 * 2**20},
+            "high_water": {"executors": 800 * 2**20},
+        },
+    }
+    return pl.DataFrame(rows, schema=be.ENGINE_RESULT_SCHEMA, orient="row"), info
+
+
+def test_engines_summary_arithmetic() -> None:
+    from fedlab import bench_engines as be
+
+    results, info = _engine_results()
+    s = be.summarize_engines(results, info)
+    assert s["baseline"] == "polars" and s["common"] == [1, 2]  # Q3: wrong / error on Spark
+    local, spark, cluster = (s["engines"][e] for e in be.ENGINES)
+    assert (spark["correct"], spark["wrong"], spark["errors"]) == (2, 1, 0)
+    assert (cluster["correct"], cluster["wrong"], cluster["errors"]) == (2, 0, 1)
+    assert local["total_s"] == pytest.approx(0.3) and spark["total_s"] == pytest.approx(2.4)
+    assert spark["vs_baseline_total"] == pytest.approx(2.4 / 0.3)
+    assert spark["vs_baseline_geomean"] == pytest.approx((10.0 * 4.0) ** 0.5)
+    assert cluster["vs_baseline_geomean"] == pytest.approx((20.0 * 2.0) ** 0.5)
+    assert local["vs_baseline_geomean"] == pytest.approx(1.0)
+    # memory: the larger of the sampled peak and the high-water marks, per query too
+    assert local["python_rss_peak"] == 160 * 2**20
+    assert spark["python_rss_peak"] == 190 * 2**20 and spark["driver_rss_peak"] == 700 * 2**20
+    assert cluster["executors_rss_peak"] == 800 * 2**20
+    assert cluster["query_jvm_rss_peak"] == 1200 * 2**20
+    assert (cluster["cluster_s"], cluster["session_s"], cluster["warmup_s"]) == (10.0, 15.0, 17.0)
+    assert local["session_s"] is None and local["executors_rss_peak"] is None
+
+
+def test_engines_rendering(tmp_path: Path) -> None:
+    from fedlab import bench_engines as be
+
+    results, info = _engine_results()
+    s = be.summarize_engines(results, info)
+    meta = {"sf": 0.1, "date": "2026-11-25 12:00 UTC", "command": "fedlab bench --engines all"}
+    meta["spark"] = {"spark-local": "master `local[2]`, driver memory 1g"}
+    text = be.render_engines_markdown(results, s, meta)
+    assert "### Run: engines, TPC-H SF 0.1" in text and "`fedlab bench --engines all`" in text
+    assert "| spark-standalone | 2/3 | 25.0 (10.0 + 15.0) | 17.00 | 4.20 |" in text
+    assert "| Q01 | 0.100 | 0.200 | 2.000 | 4.000 | 151 | 180 / 600 | 190 / 1,200 |" in text
+    assert "| Q03 | 0.100 | 0.500 | 1.000 ✗ | error |" in text
+    assert "- Q03 spark-standalone: FragmentError: boom" in text
+    assert "- Q03 spark-local: wrong answer: row 2 differs" in text
+    assert "master `local[2]`" in text
+    plain = be.render_engines_table(results, s)
+    assert "failures:" in plain and "8.00 / 6.32" in plain  # spark-local: total / geomean
+    page = tmp_path / "b.md"
+    page.write_text(
+        f"# B\n\n## Engines\n\nprose\n\n{be.MARK_BEGIN_ENGINES}\nold\n{be.MARK_END_ENGINES}\n"
+    )
+    kw = {"begin": be.MARK_BEGIN_ENGINES, "end": be.MARK_END_ENGINES}
+    bench.write_markdown(page, text, **kw)
+    bench.write_markdown(page, text, **kw)
+    written = page.read_text()
+    assert "prose" in written and "old" not in written and written.count("### Run: engines") == 1
+
+
+def test_rss_sampler_sees_this_process_grow() -> None:
+    from fedlab import bench_engines as be
+
+    sampler = be.RssSampler(interval=0.02).start()
+    try:
+        sampler.window_start()
+        before = sampler.sample()["python"]
+        block = bytearray(64 * 2**20)  # touched: zero-filled pages are resident
+        block[::4096] = b"x" * len(block[::4096])
+        peaks = sampler.window_end()
+        del block
+    finally:
+        sampler.stop()
+    assert peaks["python"] >= before + 60 * 2**20
+    assert peaks["driver"] == peaks["executors"] == 0  # no JVM under this process
+    hw = be.high_water_rss()
+    # the kernel's high-water mark (its RSS counters are synced lazily: a few % of slack)
+    assert hw is None or hw >= 0.95 * peaks["python"]
+
+
+@pytest.mark.servers
+def test_engines_benchmark_end_to_end(
+    pg_server_url, mariadb_server_url, tmp_path: Path, capsys
+) -> None:
+    """``fedlab bench --engines polars,spark-local`` on SF 0.01, two queries: each engine in
+    its own process, answers checked against the monolith, memory and start-up reported."""
+    try:
+        import pyspark  # noqa: F401
+
+        from fedlab.spark import _check_java, find_jars
+
+        _check_java()
+        find_jars()
+    except Exception as e:
+        pytest.skip(f"Spark cannot run here: {e}")
+    prefix = unique_name("fedlab_bench_e")
+    common = ["--db-prefix", prefix, "--cache-dir", str(tmp_path), "--quiet"]
+    common += ["--server-pg", pg_server_url, "--server-mysql", mariadb_server_url]
+    page = tmp_path / "b.md"
+    try:
+        status = bench.main(
+            [
+                "--engines",
+                "polars,spark-local",
+                "--sf",
+                "0.01",
+                "--queries",
+                "1,6",
+                "--json",
+                str(tmp_path / "r.json"),
+                "--markdown",
+                str(page),
+                *common,
+            ]
+        )
+    finally:
+        assert bench.main(["--drop", *common]) == 0
+    out = capsys.readouterr().out
+    assert status == 0, out
+    payload = json.loads((tmp_path / "r.json").read_text())
+    results = payload["results"]
+    assert {(r["query"], r["engine"]) for r in results} == {
+        (q, e) for q in (1, 6) for e in ("monolith", "polars", "spark-local")
+    }
+    assert all(r["correct"] for r in results if r["engine"] != "monolith")
+    local, spark = (
+        payload["summary"]["engines"]["polars"],
+        payload["summary"]["engines"]["spark-local"],
+    )
+    assert local["python_rss_peak"] > 50 * 2**20 and local["driver_rss_peak"] is None
+    assert spark["driver_rss_peak"] > 100 * 2**20 and spark["session_s"] > 0
+    assert payload["meta"]["versions"]["pyspark"]
+    assert "### Run: engines, TPC-H SF 0.01" in page.read_text()
+    assert "spark-local" in out and "Q06" in out
