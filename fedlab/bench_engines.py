@@ -95,8 +95,10 @@ ENGINE_RESULT_SCHEMA: dict[str, pl.DataType] = {
     "detail": pl.String(),
 }
 
-MARK_BEGIN_ENGINES = "<!-- fedlab bench --engines: begin generated results -->"
-MARK_END_ENGINES = "<!-- fedlab bench --engines: end generated results -->"
+#: ``--markdown`` replaces the block between these two lines (``{sf}``: the scale factor,
+#: so that each scale factor keeps its own block), appending it when absent.
+MARK_BEGIN_ENGINES = "<!-- fedlab bench --engines --sf {sf:g}: begin generated results -->"
+MARK_END_ENGINES = "<!-- fedlab bench --engines --sf {sf:g}: end generated results -->"
 
 #: seconds an engine's process may take in all before it is stopped
 CHILD_TIMEOUT = 3600.0
@@ -739,8 +741,9 @@ def render_engines_markdown(
         "#### Per engine",
         "",
         f"Times over the {len(summary['common'])} queries every engine answered correctly. "
-        "Start-up and the warm-up query are not in the query times. Memory: peak RSS "
-        "sampled every 0.1 s (the fedlab process also by `getrusage`).",
+        "Start-up and the warm-up query are not in the query times. Memory: peak RSS, "
+        "the larger of a sample every 0.1 s and the kernel's high-water mark (`VmHWM`, "
+        "summed over a group's processes).",
         "",
         *bench._md_table(*_engine_cells(summary)),
         "",
@@ -792,8 +795,8 @@ def main_engines(
         bench.write_markdown(
             args.markdown,
             render_engines_markdown(results, summary, meta),
-            begin=MARK_BEGIN_ENGINES,
-            end=MARK_END_ENGINES,
+            begin=MARK_BEGIN_ENGINES.format(sf=cfg.sf),
+            end=MARK_END_ENGINES.format(sf=cfg.sf),
         )
         log(f"wrote {args.markdown}")
     if args.json:

@@ -330,10 +330,9 @@ def test_engines_rendering(tmp_path: Path) -> None:
     plain = be.render_engines_table(results, s)
     assert "failures:" in plain and "8.00 / 6.32" in plain  # spark-local: total / geomean
     page = tmp_path / "b.md"
-    page.write_text(
-        f"# B\n\n## Engines\n\nprose\n\n{be.MARK_BEGIN_ENGINES}\nold\n{be.MARK_END_ENGINES}\n"
-    )
-    kw = {"begin": be.MARK_BEGIN_ENGINES, "end": be.MARK_END_ENGINES}
+    kw = {"begin": be.MARK_BEGIN_ENGINES.format(sf=0.1), "end": be.MARK_END_ENGINES.format(sf=0.1)}
+    assert "--sf 0.1:" in kw["begin"]
+    page.write_text(f"# B\n\n## Engines\n\nprose\n\n{kw['begin']}\nold\n{kw['end']}\n")
     bench.write_markdown(page, text, **kw)
     bench.write_markdown(page, text, **kw)
     written = page.read_text()
