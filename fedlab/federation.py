@@ -20,7 +20,12 @@ from fedlab.cache import FragmentCache
 from fedlab.catalog import Catalog
 from fedlab.config import load_config
 from fedlab.errors import ConfigError, FedlabError, PlanError, UnsupportedSQLError
-from fedlab.execute.executor import Progress, execute
+from fedlab.execute.executor import (
+    STREAMING_THRESHOLD_BYTES,
+    Progress,
+    check_streaming,
+    execute,
+)
 from fedlab.execute.fetch import Fetcher, default_fetch
 from fedlab.monitor import Monitor
 from fedlab.monitor import health as monitor_health
@@ -64,6 +69,12 @@ class Federation:
             ``None``/``False`` (off).
         max_rows, max_bytes: default limits per fragment and per result.
         user: who runs the queries, for the history and the audit log (default: the OS user).
+        engine: where plans run: ``"polars"`` (this process) or ``"spark"``.
+        streaming: the local engine's residual on Polars' streaming engine: ``"auto"``
+            (when the fragments it reads reach ``streaming_threshold_bytes`` of Arrow
+            data), ``True`` (always) or ``False`` (always the in-memory engine); per query:
+            ``fed.sql(..., streaming=…)``. See docs/streaming.md.
+        streaming_threshold_bytes: see ``streaming`` (default 64 MiB).
     """
 
     #: the PostgreSQL FDW hub made by ``fl.fdw.setup(fed, hub=...)`` (``compare(..., "fdw")``)
@@ -85,7 +96,10 @@ class Federation:
         user: str | None = None,
         engine: str = "polars",
         spark: Any = None,
+        streaming: bool | str = "auto",
+        streaming_threshold_bytes: int = STREAMING_THRESHOLD_BYTES,
     ) -> None:
+        check_streaming(streaming, streaming_threshold_bytes)
         if strategy not in STRATEGIES:
             raise ConfigError(
                 f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}"
@@ -115,6 +129,11 @@ class Federation:
         self.engine = _check_engine(engine)
         #: the Spark session for ``engine="spark"`` (None: ``fl.spark.session()`` on first use)
         self.spark = spark
+        #: the local engine's residual: ``"auto"``, ``True`` (streaming) or ``False``
+        #: (in-memory); see docs/streaming.md
+        self.streaming: bool | str = streaming
+        #: ``streaming="auto"`` streams when the residual's inputs reach this many bytes
+        self.streaming_threshold_bytes = streaming_threshold_bytes
 
     # ------------------------------------------------------------------ sources
     @classmethod
@@ -124,7 +143,17 @@ class Federation:
         settings = {
             k: v
             for k, v in cfg.settings.items()
-            if k in ("strategy", "timeout", "max_workers", "max_rows", "max_bytes", "user")
+            if k
+            in (
+                "strategy",
+                "timeout",
+                "max_workers",
+                "max_rows",
+                "max_bytes",
+                "user",
+                "streaming",
+                "streaming_threshold_bytes",
+            )
         }
         fed = cls(**{**settings, **kwargs})
         for s in cfg.sources:
@@ -352,6 +381,7 @@ class Federation:
         engine: str | None = None,
         spark: Any = None,
         collect: bool = True,
+        streaming: bool | str | None = None,
     ) -> FederatedResult:
         """Run one read-only query over the attached sources.
 
@@ -362,11 +392,21 @@ class Federation:
         Spark, see docs/spark.md; ``spark``: the session, default :attr:`spark` or
         ``fl.spark.session()``); with Spark, ``collect=False`` leaves the result in Spark
         (``res.spark_df``; ``res.df`` is then empty) for ``res.write_parquet(path)``.
+        ``streaming``: ``"auto"``, ``True`` or ``False`` for this query (default:
+        :attr:`streaming`): whether the local engine runs the residual on Polars' streaming
+        engine (``res.trace.residual_engine`` says which ran; docs/streaming.md).
         """
         t0 = time.monotonic()
         engine = _check_engine(engine or self.engine)
         if engine != "spark" and (spark is not None or not collect):
             raise ConfigError("spark= and collect=False apply to engine='spark' only")
+        if streaming is not None:
+            check_streaming(streaming)
+            if engine == "spark":
+                raise ConfigError(
+                    "streaming= applies to the local engine (engine='polars') only: Spark "
+                    "plans its own execution"
+                )
         strategy = strategy or self.strategy
         record = self.monitor.begin(sql, strategy, params)
         plan = None
@@ -402,6 +442,8 @@ class Federation:
                 max_rows=max_rows if max_rows is not None else self.max_rows,
                 max_bytes=max_bytes if max_bytes is not None else self.max_bytes,
                 cache=self.cache,
+                streaming=self.streaming if streaming is None else streaming,
+                streaming_threshold_bytes=self.streaming_threshold_bytes,
             )
         except BaseException as e:  # KeyboardInterrupt too: the history says what happened
             self.monitor.fail(record, e, plan)

@@ -91,6 +91,10 @@ class Trace:
     #: fragments served from the fragment cache after they failed (``on_error="stale"``):
     #: fragment id -> age of the cached rows in seconds
     stale: dict[str, float] = field(default_factory=dict)
+    #: the Polars engine that ran the residual: ``"in-memory"`` or ``"streaming"`` (see
+    #: docs/streaming.md); empty when no residual ran (one fragment was the answer) or
+    #: the plan ran on Spark
+    residual_engine: str = ""
 
     @property
     def partial(self) -> bool:
@@ -233,12 +237,17 @@ class Trace:
             f"{len(self.entries)} fragment(s), {self.rows:,} rows / {_human_bytes(self.bytes)} moved"
             f"{cached}; "
             f"plan {self.planning_s * 1000:.1f} ms, fetch {self.fetch_s * 1000:.1f} ms, "
-            f"local {self.residual_s * 1000:.1f} ms, total {self.total_s * 1000:.1f} ms"
-            + _fallback_text(self)
+            f"local {self.residual_s * 1000:.1f} ms{_engine_text(self)}, "
+            f"total {self.total_s * 1000:.1f} ms" + _fallback_text(self)
         )
 
     def __repr__(self) -> str:
         return f"<Trace {self.summary()}>"
+
+
+def _engine_text(trace: Trace) -> str:
+    """`` (streaming engine)``, or nothing when no residual ran locally."""
+    return f" ({trace.residual_engine} engine)" if trace.residual_engine else ""
 
 
 def _fallback_text(trace: Trace) -> str:
@@ -273,6 +282,12 @@ _HATCH = (
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:,.1f}"
+
+
+def _engine_label(trace: Trace) -> str:
+    if not trace.residual_engine:
+        return ""
+    return f" <span class='fedlab-residual-engine'>({safe_text(trace.residual_engine)})</span>"
 
 
 def trace_html(trace: Trace) -> str:
@@ -331,7 +346,8 @@ def trace_html(trace: Trace) -> str:
         f"<td style='{_CELL}'>{trace.result_rows:,}</td><td style='{_CELL}'></td>"
         f"<td style='{_CELL}'>{_ms(trace.residual_s)}</td>"
         f"<td style='{_CELL}'>{_ms(trace.residual_start)}</td>"
-        f"<td style='{_LEFT}'>polars</td><td style='{_LEFT}'>result rows</td></tr>"
+        f"<td style='{_LEFT}'>polars{_engine_label(trace)}</td>"
+        f"<td style='{_LEFT}'>result rows</td></tr>"
     )
     body.append(
         "<tr style='border-top:1px solid #999;font-weight:bold'>"
@@ -430,6 +446,21 @@ class FederatedResult:
 
         return plot_single_vs_federated(single, self, ax=ax, **kwargs)
 
+    def explain(self) -> str:
+        """The EXPLAIN tree of the plan that ran, and the engine its residual ran on."""
+        from fedlab.security import redact
+
+        text = redact(str(self.plan))
+        t = self.trace
+        if self.engine == "spark":
+            return text + "\nran on: Spark"
+        if t.residual_engine:
+            text += (
+                f"\nresidual ran on: Polars {t.residual_engine} engine "
+                f"(inputs {_human_bytes(sum(e.bytes for e in t.entries))})"
+            )
+        return text
+
     def to_pandas(self) -> Any:
         return self.df.to_pandas()
 
@@ -451,7 +482,8 @@ class FederatedResult:
             f"<b>{self.df.height:,} row(s) × {self.df.width} column(s)</b> in "
             f"<b>{_ms(t.total_s)} ms</b> "
             f"<span style='color:#555'>(plan {_ms(t.planning_s)}, fetch {_ms(t.fetch_s)}, "
-            f"local {_ms(t.residual_s)}) · strategy {safe_text(p.strategy)} · "
+            f"local {_ms(t.residual_s)}{safe_text(_engine_text(t))}) · "
+            f"strategy {safe_text(p.strategy)} · "
             f"{len(p.fragments)} fragment(s) on {safe_text(sources)} · "
             f"{t.rows:,} rows / {_human_bytes(t.bytes)} moved"
             + (

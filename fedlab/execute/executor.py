@@ -13,6 +13,12 @@ Reliability (see docs/reliability.md):
 * **fallbacks**: ``on_error="partial"`` drops a failed fragment that is a branch of a
   UNION (a shard of a sharded table, or a user's UNION ALL) and says so in the result;
   ``on_error="stale"`` serves a failed fragment from the fragment cache, however old.
+
+Local engine (docs/streaming.md): the residual runs on Polars' in-memory engine, or on its
+streaming engine when the fragments feeding it are large (``streaming="auto"`` and their
+Arrow size at least ``streaming_threshold_bytes``) or when ``streaming=True``. The engine
+is always named: Polars 2's own default (``collect()``, engine ``"auto"``) is the
+streaming engine, unless the ``POLARS_ENGINE_AFFINITY`` variable says otherwise.
 """
 
 from __future__ import annotations
@@ -50,7 +56,16 @@ from fedlab.result import MissingFragment, Trace, TraceEntry
 from fedlab.sql.dialects import DIALECT
 from fedlab.sql.plan import Fragment, Plan
 
-__all__ = ["ON_ERROR", "Progress", "execute", "union_branches"]
+__all__ = [
+    "ON_ERROR",
+    "STREAMING",
+    "STREAMING_THRESHOLD_BYTES",
+    "Progress",
+    "check_streaming",
+    "execute",
+    "residual_engine",
+    "union_branches",
+]
 
 #: ``progress(event, fragment, entry)``: event is "start", "end" (entry: the TraceEntry) or
 #: "error" (entry: None). Called from worker threads; must be quick and never raise.
@@ -58,6 +73,48 @@ Progress = Callable[[str, Fragment, "TraceEntry | None"], None]
 
 #: the fallback policies of ``on_error``
 ON_ERROR = ("raise", "partial", "stale")
+
+#: the values of ``streaming``: ``"auto"`` (by the inputs' size), ``True``, ``False``
+STREAMING = ("auto", True, False)
+#: ``streaming="auto"``: when the fragments a residual reads weigh this many bytes (their
+#: Arrow size, as the trace counts them) or more, it runs on the streaming engine
+STREAMING_THRESHOLD_BYTES = 64 * 2**20
+
+
+def check_streaming(
+    streaming: object, streaming_threshold_bytes: object = STREAMING_THRESHOLD_BYTES
+) -> None:
+    """Raise :class:`ConfigError` for a bad ``streaming`` or ``streaming_threshold_bytes``.
+
+    >>> check_streaming("yes")
+    Traceback (most recent call last):
+    ...
+    fedlab.errors.ConfigError: streaming must be 'auto', True or False, not 'yes' ('auto': the streaming engine when the residual's inputs reach streaming_threshold_bytes)
+    """
+    if not isinstance(streaming, bool) and not (isinstance(streaming, str) and streaming == "auto"):
+        raise ConfigError(
+            f"streaming must be 'auto', True or False, not {streaming!r} ('auto': the "
+            "streaming engine when the residual's inputs reach streaming_threshold_bytes)"
+        )
+    value = streaming_threshold_bytes
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            f"streaming_threshold_bytes must be a non-negative integer (bytes), not {value!r}"
+        )
+
+
+def residual_engine(streaming: bool | str, input_bytes: int, threshold_bytes: int) -> str:
+    """The Polars engine a residual runs on: ``"streaming"`` or ``"in-memory"``.
+
+    >>> residual_engine("auto", 10, 100), residual_engine("auto", 100, 100)
+    ('in-memory', 'streaming')
+    >>> residual_engine(False, 10**12, 100), residual_engine(True, 0, 100)
+    ('in-memory', 'streaming')
+    """
+    if streaming is True or (streaming == "auto" and input_bytes >= threshold_bytes):
+        return "streaming"
+    return "in-memory"
+
 
 #: seconds the executor waits, after cancelling, for fragment threads to return before it
 #: raises (the cancelling goes on in the background until they do)
@@ -111,6 +168,8 @@ def execute(
     max_rows: int | None = None,
     max_bytes: int | None = None,
     cache: Any = None,
+    streaming: bool | str = "auto",
+    streaming_threshold_bytes: int = STREAMING_THRESHOLD_BYTES,
 ) -> tuple[pl.DataFrame, Trace]:
     """Fetch every fragment (in parallel), run the residual, return the frame and its trace.
 
@@ -126,6 +185,10 @@ def execute(
             :func:`union_branches`) or ``stale`` (serve failed fragments from ``cache``).
         max_rows, max_bytes: limits per fragment (the fetch stops) and per result.
         cache: the federation's fragment cache (for ``stale``).
+        streaming: the residual on Polars' streaming engine: ``"auto"`` (when the
+            fragments' Arrow size reaches ``streaming_threshold_bytes``), ``True`` or
+            ``False`` (the in-memory engine); ``trace.residual_engine`` says which ran.
+        streaming_threshold_bytes: see ``streaming``.
 
     Raises:
         QueryTimeoutError: the deadline passed (running fragments were cancelled).
@@ -137,6 +200,7 @@ def execute(
     for name, value in (("max_rows", max_rows), ("max_bytes", max_bytes)):
         if value is not None and (not isinstance(value, int) or value < 0):
             raise ConfigError(f"{name} must be a non-negative integer or None, not {value!r}")
+    check_streaming(streaming, streaming_threshold_bytes)
     t0 = time.monotonic() if t0 is None else t0
     deadline = t0 + timeout if timeout else None
     qid = new_query_id()
@@ -381,9 +445,12 @@ def execute(
     if plan.residual_sql is None:
         df = frames[plan.fragments[0].id]
     else:
+        trace.residual_engine = residual_engine(
+            streaming, sum(e.bytes for e in trace.entries), streaming_threshold_bytes
+        )
         ctx = pl.SQLContext({k: v.lazy() for k, v in frames.items()})
         try:
-            df = ctx.execute(plan.residual_sql, eager=False).collect()
+            df = ctx.execute(plan.residual_sql, eager=False).collect(engine=trace.residual_engine)
         except Exception as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UnsupportedSQLError(
