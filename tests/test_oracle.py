@@ -137,6 +137,26 @@ def reference(monolith):
     con.close()
 
 
+#: source name per kind, when a placement puts tables of that kind in one database
+SOURCE_NAMES = {"sqlite": "lite", "postgresql": "pg", "mysql": "my", "duckdb": "duck"}
+
+
+def attach_by_kind(fed, where, data, *, server_database, prefix, file) -> None:
+    """Write the tables of ``where`` (table -> kind) into one database per kind and attach
+    each as a source (``SOURCE_NAMES``): servers through ``server_database[kind](prefix)``
+    (a fresh database), file kinds at ``file(kind)``."""
+    by_kind: dict[str, list[str]] = {}
+    for t, kind in where.items():
+        by_kind.setdefault(kind, []).append(t)
+    for kind, tables in by_kind.items():
+        if kind in server_database:
+            url = server_database[kind](prefix)
+        else:
+            url = f"{kind}:///{file(kind)}"
+        write_tables(url, {t: data[t] for t in tables}, primary_keys=PRIMARY_KEYS)
+        fed.attach(SOURCE_NAMES[kind], url)
+
+
 @pytest.fixture(scope="session")
 def federations(pg_database, mariadb_database, data, tmp_path_factory):
     built: dict[str, fl.Federation] = {}
@@ -149,20 +169,14 @@ def federations(pg_database, mariadb_database, data, tmp_path_factory):
             built[placement] = sharded(placement)
             return built[placement]
         fed = fl.Federation()
-        by_kind: dict[str, list[str]] = {}
-        for t, kind in PLACEMENTS[placement].items():
-            by_kind.setdefault(kind, []).append(t)
-        for kind, tables in by_kind.items():
-            if kind == "postgresql":
-                url = pg_database("fedlab_or")
-            elif kind == "mysql":
-                url = mariadb_database("fedlab_or")
-            else:
-                url = f"{kind}:///{root / f'{placement}.{kind}'}"
-            write_tables(url, {t: data[t] for t in tables}, primary_keys=PRIMARY_KEYS)
-            fed.attach(
-                {"sqlite": "lite", "postgresql": "pg", "mysql": "my", "duckdb": "duck"}[kind], url
-            )
+        attach_by_kind(
+            fed,
+            PLACEMENTS[placement],
+            data,
+            server_database={"postgresql": pg_database, "mysql": mariadb_database},
+            prefix="fedlab_or",
+            file=lambda kind: root / f"{placement}.{kind}",
+        )
         built[placement] = fed
         return fed
 

@@ -33,6 +33,7 @@ from tests.test_oracle import (  # the oracle suite's fixtures: the data and the
     QUERIES,
     STRATEGIES,
     TABLES,
+    attach_by_kind,
     data,  # noqa: F401
     is_ordered,
     monolith,  # noqa: F401
@@ -98,21 +99,17 @@ def federations(services, data, pg_database, mariadb_database, tmp_path_factory)
             return built[placement]
         where, options = PLACEMENTS[placement]
         fed = fl.Federation()
-        by_kind: dict[str, list[str]] = {}
         for t, kind in where.items():
             if kind == "rest":
                 fed.attach(f"{t}_api", services.urls[t], kind="rest", **options)
-            else:
-                by_kind.setdefault(kind, []).append(t)
-        for kind, tables in by_kind.items():
-            if kind == "postgresql":
-                url = pg_database("fedlab_ro")
-            elif kind == "mysql":
-                url = mariadb_database("fedlab_ro")
-            else:
-                url = f"sqlite:///{root / f'{placement}.sqlite'}"
-            write_tables(url, {t: data[t] for t in tables}, primary_keys=PRIMARY_KEYS)
-            fed.attach({"sqlite": "lite", "postgresql": "pg", "mysql": "my"}[kind], url)
+        attach_by_kind(
+            fed,
+            {t: kind for t, kind in where.items() if kind != "rest"},
+            data,
+            server_database={"postgresql": pg_database, "mysql": mariadb_database},
+            prefix="fedlab_ro",
+            file=lambda kind: root / f"{placement}.{kind}",
+        )
         built[placement] = fed
         return fed
 
